@@ -1,0 +1,69 @@
+"""Write files and directories so that a failure never leaves a half-written output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from adapt3d.errors import OutputError
+
+
+def _prepare_parent(path: Path) -> Path:
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{parent}: cannot create output directory ({exc.strerror or exc})") from exc
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{parent}: output directory is not writable")
+    return parent
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name keeps the final suffixes (e.g. ``.nii.gz``) so writers that infer
+    the format from the name behave the same.
+    """
+    path = Path(path)
+    parent = _prepare_parent(path)
+    suffix = "".join(path.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; move it onto ``path`` only on success.
+
+    With ``overwrite`` an existing directory at ``path`` is replaced once the new one is complete.
+    """
+    path = Path(path)
+    parent = _prepare_parent(path)
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists (choose another output or remove it)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

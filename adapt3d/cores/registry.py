@@ -1,0 +1,145 @@
+"""Core registry, ``load_core`` and ``save_core``."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapt3d.atomic import atomic_file
+from adapt3d.config import build_dataclass
+from adapt3d.cores.checkpoint import load_strict, read_checkpoint, strip_prefix, tensor_dict
+from adapt3d.errors import CheckpointError, ConfigError
+from adapt3d.registry import Registry
+
+
+@dataclass(frozen=True)
+class CoreSpec:
+    """How to build, recognise and (de)serialise one foundation model."""
+
+    name: str
+    description: str
+    config_cls: type
+    model_cls: type[nn.Module]
+    signature_key: str  # a key every checkpoint of this core has
+    state_keys: tuple[str, ...]  # wrapper keys that hold the state dict, tried in order
+    prefixes: tuple[str, ...]  # key prefixes stripped when every key carries them
+    infer_config: Callable[[dict[str, torch.Tensor]], dict]
+    to_official: Callable[[dict[str, torch.Tensor]], Any]  # state dict → object saved in the official format
+
+
+CORES: Registry[CoreSpec] = Registry("core")
+
+
+def register_core(spec: CoreSpec) -> CoreSpec:
+    """Add a core to the registry (used by each core's package)."""
+    CORES.register(spec.name, spec)
+    return spec
+
+
+def _state_of(spec: CoreSpec, obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    state = tensor_dict(obj, path, keys=spec.state_keys)
+    for prefix in spec.prefixes:
+        state = strip_prefix(state, prefix)
+    return state
+
+
+def _recognise(spec: CoreSpec, obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    state = _state_of(spec, obj, path)
+    if spec.signature_key in state:
+        return state
+    for other in (CORES.get(n) for n in CORES.names() if n != spec.name):
+        try:
+            if other.signature_key in _state_of(other, obj, path):
+                raise CheckpointError(f"{path}: this is a {other.name} checkpoint, not {spec.name} (use core {other.name!r})")
+        except CheckpointError as exc:
+            if "checkpoint, not" in str(exc):
+                raise
+    raise CheckpointError(f"{path}: not a {spec.name} checkpoint (no {spec.signature_key!r} among its {len(state)} tensors)")
+
+
+def load_core(
+    name: str = "sam-med3d",
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    trainable: bool = False,
+    **arch_overrides: Any,
+) -> nn.Module:
+    """Build core ``name``; load ``checkpoint`` strictly (official training checkpoint, bare state
+    dict or safetensors). The architecture is read from the checkpoint's tensor shapes (and adapt3d
+    metadata), then ``arch_overrides`` apply. Parameters are frozen unless ``trainable``.
+    """
+    spec = CORES.get(name)
+    arch: dict[str, Any] = {}
+    state = None
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None:
+        obj = read_checkpoint(path)
+        state = _recognise(spec, obj, path)
+        arch.update(spec.infer_config(state))
+        meta = obj.get("adapt3d") if isinstance(obj, dict) else None
+        if isinstance(meta, dict):
+            if meta.get("core", name) != name:
+                raise CheckpointError(f"{path}: this is a {meta['core']} checkpoint, not {name}")
+            arch.update(meta.get("config", {}))
+    arch.update(arch_overrides)
+    config = build_dataclass(spec.config_cls, arch, where=f"{name} architecture")
+    model = spec.model_cls(config)
+    if state is not None:
+        load_strict(model, state, path)
+    model.requires_grad_(trainable)
+    model.eval()
+    model.checkpoint_path = str(path) if path is not None else None
+    return model
+
+
+def core_config_dict(model: nn.Module) -> dict:
+    """The model's architecture as plain JSON-able values."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        raise ConfigError(f"{type(model).__name__} carries no architecture config")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def save_core(model: nn.Module, path: str | os.PathLike, *, fmt: str = "official", state: dict | None = None) -> Path:
+    """Write the core's weights: ``official`` (the core's own checkpoint layout) or ``safetensors``.
+
+    Both carry adapt3d metadata (core name, architecture) so a small core reloads without flags.
+    ``state`` replaces the model's own state dict (e.g. merged adapter weights).
+    """
+    spec = CORES.get(model.core_name)
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
+    meta = {"core": spec.name, "config": core_config_dict(model)}
+    with atomic_file(path) as tmp:
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp), metadata={"adapt3d": json.dumps(meta)})
+        elif fmt == "official":
+            obj = spec.to_official(tensors)
+            obj["adapt3d"] = meta
+            torch.save(obj, str(tmp))
+        else:
+            raise ConfigError(f"unknown checkpoint format {fmt!r}; valid: official, safetensors")
+    return path
+
+
+def core_fingerprint(model_or_state: nn.Module | dict[str, torch.Tensor]) -> str:
+    """Short SHA-256 over the core's tensors (names, shapes, bytes): identifies a core's weights."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

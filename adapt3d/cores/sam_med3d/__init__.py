@@ -1,0 +1,20 @@
+"""SAM-Med3D core (official state-dict layout; the released "turbo" model is the default config)."""
+
+from adapt3d.cores.registry import CoreSpec, register_core
+from adapt3d.cores.sam_med3d.model import SamMed3D, SamMed3DConfig, infer_config
+
+SPEC = register_core(
+    CoreSpec(
+        name="sam-med3d",
+        description="SAM-Med3D (ViT-B 3D encoder, 128³ crops at 1.5 mm, point prompts)",
+        config_cls=SamMed3DConfig,
+        model_cls=SamMed3D,
+        signature_key="image_encoder.patch_embed.proj.weight",
+        state_keys=("model_state_dict", "state_dict", "model"),
+        prefixes=("module.", "model."),
+        infer_config=infer_config,
+        to_official=lambda state: {"model_state_dict": state},
+    )
+)
+
+__all__ = ["SamMed3D", "SamMed3DConfig", "SPEC"]
