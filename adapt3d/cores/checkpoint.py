@@ -11,6 +11,9 @@ import collections
 import json
 import os
 import pickle
+import pickletools
+import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,14 +30,27 @@ from adapt3d.errors import CheckpointError
 SAFE_GLOBALS: list[Any] = [argparse.Namespace, collections.Counter]
 
 
-def _unsafe_globals(path: Path) -> list[str]:
-    getter = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
-    if getter is None:
-        return []
+def _pickle_globals(path: Path) -> list[str]:
+    """Names of the globals a pickle (raw or inside a torch zip) would import — parsed, never run."""
     try:
-        return list(getter(str(path)))
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                data = zf.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+        names, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
     except Exception:
         return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    return [n for n in dict.fromkeys(names) if n not in allowed and not n.startswith(("torch.", "collections.OrderedDict"))]
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
@@ -49,14 +65,19 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter from torch
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        names = _unsafe_globals(path)
-        what = ", ".join(names) if names else str(exc).splitlines()[0]
+        text = str(exc)
+        names = _pickle_globals(path) or re.findall(r"GLOBAL (\S+)", text)
+        if not names and "Unsupported global" not in text:
+            detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            raise CheckpointError(f"{path}: not a readable checkpoint ({detail})") from None
         raise CheckpointError(
-            f"{path}: refused to load: the pickle references objects outside the allow-list ({what}); "
-            "adapt3d never runs code from a checkpoint — re-save it as a plain state dict or safetensors"
+            f"{path}: refused to load: the pickle references objects outside the allow-list "
+            f"({', '.join(dict.fromkeys(names)) or 'unknown'}); adapt3d never runs code from a checkpoint — "
+            "re-save it as a plain state dict or safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -33,7 +33,7 @@ class CoreSpec:
     state_keys: tuple[str, ...]  # wrapper keys that hold the state dict, tried in order
     prefixes: tuple[str, ...]  # key prefixes stripped when every key carries them
     infer_config: Callable[[dict[str, torch.Tensor]], dict]
-    to_official: Callable[[dict[str, torch.Tensor]], Any]  # state dict → object saved in the official format
+    to_official: Callable[[dict[str, torch.Tensor], dict], Any]  # (state, adapt3d meta) → official object
 
 
 CORES: Registry[CoreSpec] = Registry("core")
@@ -112,7 +112,8 @@ def core_config_dict(model: nn.Module) -> dict:
 def save_core(model: nn.Module, path: str | os.PathLike, *, fmt: str = "official", state: dict | None = None) -> Path:
     """Write the core's weights: ``official`` (the core's own checkpoint layout) or ``safetensors``.
 
-    Both carry adapt3d metadata (core name, architecture) so a small core reloads without flags.
+    Where the format allows, adapt3d metadata (core name, architecture) is stored too, so a small
+    core reloads without flags.
     ``state`` replaces the model's own state dict (e.g. merged adapter weights).
     """
     spec = CORES.get(model.core_name)
@@ -125,9 +126,7 @@ def save_core(model: nn.Module, path: str | os.PathLike, *, fmt: str = "official
 
             save_file(tensors, str(tmp), metadata={"adapt3d": json.dumps(meta)})
         elif fmt == "official":
-            obj = spec.to_official(tensors)
-            obj["adapt3d"] = meta
-            torch.save(obj, str(tmp))
+            torch.save(spec.to_official(tensors, meta), str(tmp))
         else:
             raise ConfigError(f"unknown checkpoint format {fmt!r}; valid: official, safetensors")
     return path

@@ -13,7 +13,7 @@ SPEC = register_core(
         state_keys=("model_state_dict", "state_dict", "model"),
         prefixes=("module.", "model."),
         infer_config=infer_config,
-        to_official=lambda state: {"model_state_dict": state},
+        to_official=lambda state, meta: {"model_state_dict": state, "adapt3d": meta},
     )
 )
 

@@ -48,11 +48,15 @@ def _tiles(n: int, window: int) -> list[tuple[int, int, int]]:
 
 
 def _lse(a: torch.Tensor, start: int, stop: int, dim: int) -> torch.Tensor:
-    """log-sum-exp over ``start:stop`` of ``dim``; -inf for an empty range."""
+    """log-sum-exp over ``start:stop`` of ``dim``.
+
+    An empty range gives a very negative finite value rather than -inf, so that sums of empty
+    pieces stay finite and their gradients are 0 instead of NaN (exp of it underflows to 0).
+    """
     if stop <= start:
         shape = list(a.shape)
         del shape[dim]
-        return a.new_full(shape, float("-inf"))
+        return a.new_full(shape, torch.finfo(a.dtype).min / 8)
     return torch.logsumexp(a.narrow(dim, start, stop - start), dim=dim)
 
 

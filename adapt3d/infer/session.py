@@ -1,0 +1,23 @@
+"""Loading a model for inference and guessing an image's modality."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from adapt3d.cores import load_core
+from adapt3d.data.nifti import Volume
+
+
+def load_model(core: str | os.PathLike, *, core_type: str = "sam-med3d", device: str = "cpu") -> nn.Module:
+    """A frozen core from a checkpoint, in eval mode on ``device``."""
+    model = load_core(core_type, core)
+    return model.to(torch.device(device))
+
+
+def guess_modality(image: Volume) -> str:
+    """``CT`` when the image holds Hounsfield-like values (below -500), else ``MR``."""
+    return "CT" if float(np.min(image.array)) < -500 else "MR"

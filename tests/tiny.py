@@ -1,0 +1,38 @@
+"""Tiny core configurations and helpers shared by the tests (CPU, milliseconds per forward)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+#: A SAM-Med3D-architecture core small enough for unit tests: 32³ input, 4³ token grid,
+#: windows of 3 tokens (so one full and one padded window per axis) and one global block.
+TINY_SAM = dict(
+    image_size=32,
+    patch_size=8,
+    embed_dim=48,
+    depth=2,
+    num_heads=2,
+    window_size=3,
+    global_attn_indexes=(1,),
+    prompt_dim=24,
+    decoder_heads=2,
+    decoder_mlp_dim=32,
+    iou_head_hidden_dim=16,
+)
+
+
+def randomise(module: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
+    """Fill every parameter and buffer with seeded noise (zero-initialised tables included)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if t.is_floating_point():
+                noise = torch.randn(t.shape, generator=g) * scale
+                if t.dim() == 1 and name.endswith("weight"):  # norm scales around 1
+                    noise = 1.0 + noise
+                t.copy_(noise)
+    return module
