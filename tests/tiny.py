@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import SHARED_DATA  # noqa: F401  (one definition, in conftest)
 
 #: A SAM-Med3D-architecture core small enough for unit tests: 32³ input, 4³ token grid,
 #: windows of 3 tokens (so one full and one padded window per axis) and one global block.

@@ -38,7 +38,8 @@ class Volume:
         return "".join(nib.orientations.aff2axcodes(self.affine))
 
 
-def _read(path: Path) -> nib.Nifti1Image:
+def open_nifti(path: Path) -> nib.Nifti1Image:
+    """Open a NIfTI file lazily (header and affine; data read on demand), with one-line errors."""
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
@@ -59,7 +60,7 @@ def load_volume(path: str | os.PathLike, *, kind: str = "image") -> Volume:
     non-finite voxels or non-integer labels raise :class:`InputError` naming the file.
     """
     path = Path(path)
-    img = _read(path)
+    img = open_nifti(path)
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
