@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-VERBS = ["ingest", "predict"]
+VERBS = ["ingest", "simulate-us", "predict", "export"]
 
 
 def _verb_module(name: str):
