@@ -26,6 +26,14 @@ class TargetTable:
 
 TARGET_TABLES: Registry[TargetTable] = Registry("adapter target table")
 
+_DECODER = {
+    "decoder.attn": r"mask_decoder\.transformer\.(layers\.\d+\.(self_attn|cross_attn_token_to_image|"
+    r"cross_attn_image_to_token)|final_attn_token_to_image)",
+    "decoder.qv": r"mask_decoder\.transformer\..*\.(q_proj|v_proj)",
+    "decoder.mlp": r"mask_decoder\.transformer\.layers\.\d+\.mlp",
+    "decoder.hypernet": r"mask_decoder\.output_hypernetworks_mlps\.\d+",
+}
+
 TARGET_TABLES.register(
     "sam-med3d",
     TargetTable(
@@ -34,11 +42,21 @@ TARGET_TABLES.register(
             "encoder.proj": r"image_encoder\.blocks\.\d+\.attn\.proj",
             "encoder.attn": r"image_encoder\.blocks\.\d+\.attn",
             "encoder.mlp": r"image_encoder\.blocks\.\d+\.mlp",
-            "decoder.attn": r"mask_decoder\.transformer\.(layers\.\d+\.(self_attn|cross_attn_token_to_image|"
-            r"cross_attn_image_to_token)|final_attn_token_to_image)",
-            "decoder.qv": r"mask_decoder\.transformer\..*\.(q_proj|v_proj)",
-            "decoder.mlp": r"mask_decoder\.transformer\.layers\.\d+\.mlp",
-            "decoder.hypernet": r"mask_decoder\.output_hypernetworks_mlps\.\d+",
+            **_DECODER,
+        },
+        fused_qkv=r"image_encoder\.blocks\.\d+\.attn\.qkv",
+    ),
+)
+
+TARGET_TABLES.register(
+    "segvol",
+    TargetTable(
+        names={
+            "encoder.qkv": r"image_encoder\.blocks\.\d+\.attn\.qkv",
+            "encoder.proj": r"image_encoder\.blocks\.\d+\.attn\.out_proj",
+            "encoder.attn": r"image_encoder\.blocks\.\d+\.attn",
+            "encoder.mlp": r"image_encoder\.blocks\.\d+\.mlp",
+            **_DECODER,
         },
         fused_qkv=r"image_encoder\.blocks\.\d+\.attn\.qkv",
     ),
