@@ -5,10 +5,12 @@ from adapt3d.tuners.export import ExportResult, export_merged, load_exported, me
 from adapt3d.tuners.io import load_adapter, read_adapter_meta, save_adapter
 from adapt3d.tuners.methods import TUNERS
 from adapt3d.tuners.model import AdaptedModel, add_adapters, format_report
+from adapt3d.tuners.routing import ModalityRouter
 from adapt3d.tuners.targets import TARGET_TABLES, TargetTable, resolve_targets
 
 __all__ = [
     "METHOD_NAMES",
+    "ModalityRouter",
     "TARGET_TABLES",
     "TUNERS",
     "AdaptedModel",

@@ -1,0 +1,72 @@
+"""``adapt3d evaluate``: the N-click protocol on any nnU-Net raw dataset, written as a run directory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from adapt3d.cores import load_core
+from adapt3d.evaluate.nclick import Protocol, evaluate_items
+from adapt3d.runs import SCHEMA, caveats, env_record, now, prepare_run_dir, write_json
+from adapt3d.train.config import DomainSection
+from adapt3d.train.domains import load_domain
+
+
+def run_evaluation(
+    *,
+    core: str,
+    core_type: str = "sam-med3d",
+    adapter: str | None = None,
+    domain: DomainSection,
+    protocol: Protocol,
+    out: Path,
+    core_description: str = "",
+    overwrite: bool = False,
+    save_predictions: bool = True,
+    device: str = "cpu",
+) -> Path:
+    """Evaluate the frozen core (``before``) and, with ``adapter``, the adapted model (``after``)."""
+    started, t0 = now(), time.time()
+    dom = load_domain(domain, "target", seed=protocol.seed, all_test=True)
+    model = load_core(core_type, core).to(device)
+    fingerprint = None
+    if adapter is not None:
+        from adapt3d.tuners import load_adapter
+
+        model = load_adapter(model, adapter)
+        fingerprint = model.fingerprint
+    prepare_run_dir(out, overwrite=overwrite, resume=False)
+
+    def evaluate(m, stage: str) -> dict:
+        pred_dir = out / "predictions" / dom.name / stage if save_predictions else None
+        return evaluate_items(m, dom.split.test, dom.modality, protocol, predictions_dir=pred_dir, run_dir=out, desc=f"{stage}: {dom.name}")
+
+    if adapter is None:
+        before, after = evaluate(model, "before"), None
+    else:
+        with model.using(None):
+            before = evaluate(model, "before")
+        after = evaluate(model, "after")
+    domains = {dom.name: {**dom.record(), "before": before, "after": after}}
+    adapter_record = None
+    if adapter is not None:
+        from adapt3d.tuners import read_adapter_meta
+
+        meta = read_adapter_meta(adapter)
+        adapter_record = {**meta["config"], "trainable_parameters": meta.get("adapter_parameters"),
+                          "size_bytes": meta.get("size_bytes"), "dir": str(Path(adapter).resolve())}
+    if fingerprint is None:
+        from adapt3d.cores import core_fingerprint
+
+        fingerprint = core_fingerprint(model)
+    write_json(out / "env.json", env_record(
+        seed=protocol.seed, data_hashes={dom.dataset.name: domains[dom.name]["data_hash"]}, core_fingerprint=fingerprint,
+        device=device, started=started, finished=now(), wall_seconds=round(time.time() - t0, 1),
+    ))
+    write_json(out / "metrics.json", {
+        "schema": SCHEMA, "kind": "evaluate", "name": out.name,
+        "core": {"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description},
+        "adapter": adapter_record, "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
+        "domains": domains, "retention": None, "training": None, "caveats": caveats(core_description, domains),
+    })
+    return out

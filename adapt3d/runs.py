@@ -1,0 +1,105 @@
+"""Run directories: provenance (env.json), metrics.json, and the caveats every report states."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from adapt3d import __version__
+from adapt3d.atomic import atomic_file
+from adapt3d.errors import ConfigError
+
+SCHEMA = 1
+PACKAGES = ("torch", "peft", "lightning", "monai", "numpy", "nibabel", "omegaconf", "transformers")
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _git(*args: str) -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def env_record(**extra) -> dict:
+    """Versions, platform, git state of the adapt3d source, and the run's own facts (``extra``)."""
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    status = _git("status", "--porcelain")
+    return {
+        "adapt3d_version": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "git_hash": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "command": " ".join(sys.argv) if sys.argv else "",
+        **extra,
+    }
+
+
+def write_json(path: Path, obj: dict) -> Path:
+    """Write ``obj`` as indented JSON, atomically (NaN written as null)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(_finite(obj), indent=2))
+    return path
+
+
+def _finite(obj):
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> Path:
+    """Create the run directory; refuse to mix a new run into a finished one."""
+    if (run_dir / "metrics.json").exists() and not (overwrite or resume):
+        raise ConfigError(f"{run_dir}: a finished run is already there (choose another name, or --overwrite)")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: exists and is not a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from adapt3d.errors import OutputError
+
+        raise OutputError(f"{run_dir}: cannot create run directory ({exc.strerror or exc})") from None
+    if not os.access(run_dir, os.W_OK):
+        from adapt3d.errors import OutputError
+
+        raise OutputError(f"{run_dir}: run directory is not writable")
+    return run_dir
+
+
+def caveats(core_description: str, domains: dict[str, dict]) -> list[str]:
+    """What a reader must know: the core's training data, simulated domains, silver-standard labels."""
+    out = [
+        f"Core: {core_description}" if core_description else "Core: what the core was trained on was NOT stated in the config."
+    ]
+    for name, d in domains.items():
+        if d.get("simulated"):
+            out.append(f"Domain '{name}' is SIMULATED (rendered by adapt3d from {d.get('dataset')}); it is not real data of that modality.")
+        if d.get("silver_standard"):
+            out.append(f"Domain '{name}' labels are silver-standard (model predictions), not manual tracings.")
+        n = len(d.get("split", {}).get("test", []))
+        if n and n < 5:
+            out.append(f"Domain '{name}' is evaluated on {n} item(s) only: treat its figures as a smoke test, not a result.")
+    return out

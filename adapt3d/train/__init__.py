@@ -1,0 +1,1 @@
+"""Training: Lightning module, data, losses, retention tracking, context head, pseudo-labels."""

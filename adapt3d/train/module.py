@@ -1,0 +1,101 @@
+"""The LightningModule: iterative click training of the adapters on a frozen core."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from adapt3d.prompts.clicks import CLICK_SIMULATORS, Click, clicks_to_tensors
+from adapt3d.train.config import TrainSection
+from adapt3d.train.losses import dice_ce_loss
+from adapt3d.tuners.model import AdaptedModel
+
+
+class AdaptModule(L.LightningModule):
+    """Trains the adapter parameters of ``model`` as SAM-Med3D trains: per volume, several click
+    rounds, each adding a click at the current error and feeding the previous low-res logits back;
+    Dice+CE (ignore-masked) on every round. Checkpoints hold only the trainable parameters."""
+
+    def __init__(self, model: AdaptedModel, train: TrainSection, seed: int, extra_loss=None) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = train
+        self.seed = seed
+        self.simulate = CLICK_SIMULATORS.get(train.click_simulator)
+        self.extra_loss = extra_loss  # e.g. the context head: callable(module, batch) -> (loss, logs)
+        self.strict_loading = False
+        self.loss_history: list[dict] = []
+        if train.grad_checkpointing and hasattr(model.core, "image_encoder"):
+            model.core.image_encoder.grad_checkpointing = True
+
+    def click_rounds(self, emb: torch.Tensor, target: torch.Tensor, known: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Mean loss over ``click_rounds`` rounds of simulated clicks on a batch of crops."""
+        b, size = target.shape[0], target.shape[-1]
+        gt = (target[:, 0] > 0.5) & (known[:, 0] > 0.5)
+        visible = (known[:, 0] > 0.5).cpu().numpy()
+        gt_np = gt.cpu().numpy()
+        low = self.model.low_res_size
+        logits = torch.zeros(b, 1, low, low, low, device=emb.device, dtype=emb.dtype)
+        clicks: list[list[Click]] = [[] for _ in range(b)]
+        pred = None
+        total = 0.0
+        for r in range(self.cfg.click_rounds):
+            for i in range(b):
+                if not gt_np[i].any():
+                    continue
+                current = None if r == 0 else pred[i] & visible[i]
+                click = self.simulate(current, gt_np[i], rng=rng)
+                if click is not None:
+                    clicks[i].append(click)
+            for i in range(b):  # a crop without foreground still needs one (negative) prompt
+                if not clicks[i]:
+                    clicks[i].append(Click(tuple(int(v) for v in rng.integers(0, size, 3)), False))
+            pts, labels = clicks_to_tensors(clicks)
+            logits, _ = self.model.decode(emb, pts.to(emb.device), labels.to(emb.device), mask_logits=logits.detach())
+            full = F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False)
+            total = total + dice_ce_loss(full, target, known)
+            pred = (full.detach()[:, 0] > 0).cpu().numpy()
+        return total / self.cfg.click_rounds
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        torch.manual_seed(self.seed * 1_000_003 + self.global_step)  # dropout: same per step, resumed or not
+        rng = np.random.default_rng([self.seed, self.global_step, self.global_rank])
+        emb = self.model.encode(batch["image"])
+        loss = self.click_rounds(emb, batch["label"], batch["known"], rng)
+        logs = {"train/seg_loss": loss.detach()}
+        if self.extra_loss is not None:
+            extra, extra_logs = self.extra_loss(self, batch)
+            loss = loss + extra
+            logs.update(extra_logs)
+        self.log_dict({"train/loss": loss.detach(), **logs}, prog_bar=True, batch_size=batch["image"].shape[0])
+        self.loss_history.append({"step": int(self.global_step) + 1, "loss": float(loss.detach())})
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.model.param_groups(self.cfg.weight_decay), lr=self.cfg.lr)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.cfg.warmup_steps, total - 1) if total > 1 else 0
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def trainable_keys(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = self.trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["loss_history"] = self.loss_history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.loss_history = list(checkpoint.get("loss_history", []))
