@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from adapt3d.data.card import sha256_file
-from adapt3d.data.nifti import Volume
+from adapt3d.data.nifti import Volume, load_volume
 from adapt3d.data.nnunet import Case, Dataset, binary_targets, load_case
 from adapt3d.data.preprocess import Grid, clamp_ct, to_working_grid
 from adapt3d.errors import ConfigError
@@ -119,15 +119,23 @@ class PreparedCase:
 
 
 @lru_cache(maxsize=64)
-def prepare_case(case: Case, modality: str, target_spacing: tuple[float, float, float]) -> PreparedCase:
-    """Load and resample a labelled case once (cached in memory: epochs do not re-read NIfTI)."""
-    image, label = load_case(case)
-    if label is None:
-        raise ConfigError(f"{case.image_path}: case has no label map")
+def prepare_image(case: Case, modality: str, target_spacing: tuple[float, float, float]) -> tuple[np.ndarray, Grid, Volume]:
+    """A case's image on the working grid (CT clamped), cached in memory: epochs do not re-read NIfTI."""
+    image = load_volume(case.image_path, kind="image")
     clamped = Volume(clamp_ct(image.array, modality), image.affine, image.header, image.path)
     work, grid = to_working_grid(clamped, target_spacing)
+    return work.astype(np.float32), grid, image
+
+
+@lru_cache(maxsize=64)
+def prepare_case(case: Case, modality: str, target_spacing: tuple[float, float, float]) -> PreparedCase:
+    """A labelled case on the working grid with its label (nearest), cached like ``prepare_image``."""
+    if case.label_path is None:
+        raise ConfigError(f"{case.image_path}: case has no label map")
+    work, grid, image = prepare_image(case, modality, target_spacing)
+    label = load_volume(case.label_path, kind="label")
     work_label, _ = to_working_grid(label, target_spacing, order=0)
-    return PreparedCase(work.astype(np.float32), work_label, grid, label.array, image.spacing, image)
+    return PreparedCase(work, work_label, grid, label.array, image.spacing, image)
 
 
 def files_hash(paths: list[Path]) -> str:

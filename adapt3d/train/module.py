@@ -28,6 +28,7 @@ class AdaptModule(L.LightningModule):
         self.simulate = CLICK_SIMULATORS.get(train.click_simulator)
         self.extra_loss = extra_loss  # e.g. the context head: callable(module, batch) -> (loss, logs)
         self.strict_loading = False
+        self.seg_enabled = True  # False during a context-only pre-adaptation stage
         self.loss_history: list[dict] = []
         if train.grad_checkpointing and hasattr(model.core, "image_encoder"):
             model.core.image_encoder.grad_checkpointing = True
@@ -64,9 +65,12 @@ class AdaptModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         torch.manual_seed(self.seed * 1_000_003 + self.global_step)  # dropout: same per step, resumed or not
         rng = np.random.default_rng([self.seed, self.global_step, self.global_rank])
-        emb = self.model.encode(batch["image"])
-        loss = self.click_rounds(emb, batch["label"], batch["known"], rng)
-        logs = {"train/seg_loss": loss.detach()}
+        loss = torch.zeros((), device=batch["image"].device)
+        logs = {}
+        if self.seg_enabled:
+            emb = self.model.encode(batch["image"])
+            loss = self.click_rounds(emb, batch["label"], batch["known"], rng)
+            logs["train/seg_loss"] = loss.detach()
         if self.extra_loss is not None:
             extra, extra_logs = self.extra_loss(self, batch)
             loss = loss + extra
@@ -75,8 +79,17 @@ class AdaptModule(L.LightningModule):
         self.loss_history.append({"step": int(self.global_step) + 1, "loss": float(loss.detach())})
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if hasattr(self.extra_loss, "update_teacher"):
+            self.extra_loss.update_teacher(self)
+
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.model.param_groups(self.cfg.weight_decay), lr=self.cfg.lr)
+        groups = self.model.param_groups(self.cfg.weight_decay)
+        if isinstance(self.extra_loss, torch.nn.Module):
+            head = [p for p in self.extra_loss.parameters() if p.requires_grad]
+            if head:
+                groups.append({"params": head, "weight_decay": self.cfg.weight_decay})
+        optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(self.cfg.warmup_steps, total - 1) if total > 1 else 0
 
@@ -89,12 +102,12 @@ class AdaptModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def trainable_keys(self) -> set[str]:
-        return {n for n, p in self.named_parameters() if p.requires_grad}
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        keep = self.trainable_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        """Keep what training changes: trainable weights and the extra loss' state (e.g. EMA teacher)."""
+        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in keep or k.startswith("extra_loss.")
+        }
         checkpoint["loss_history"] = self.loss_history
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

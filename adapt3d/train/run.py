@@ -89,6 +89,8 @@ def run_adaptation(
 
         extra_loss = context_loss_for(model, cfg, target)
     module = AdaptModule(model, cfg.train, cfg.seed, extra_loss=extra_loss)
+    if extra_loss is not None and cfg.context_head.pretrain_epochs > 0 and not resume:
+        _context_stage(module, cfg, dataset, run_dir)
     monitor = RetentionMonitor(
         reference=reference.split.test if reference else [], reference_modality=reference.modality if reference else "CT",
         frozen_dice=frozen, target_val=target.split.val, target_modality=target.modality, protocol=protocol,
@@ -158,6 +160,21 @@ def run_adaptation(
     }
     write_json(run_dir / "metrics.json", metrics)
     return run_dir
+
+
+def _context_stage(module: AdaptModule, cfg: ExperimentConfig, dataset: CropDataset, run_dir: Path) -> None:
+    """Context-only pre-adaptation: the adapters learn from the contrastive task before segmentation."""
+    module.seg_enabled = False
+    stage = L.Trainer(
+        max_epochs=cfg.context_head.pretrain_epochs, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
+        num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy, precision=cfg.train.precision,
+        logger=CSVLogger(run_dir, name="logs", version="context"), enable_checkpointing=False,
+        use_distributed_sampler=False, enable_model_summary=False, log_every_n_steps=1,
+    )
+    sampler = EpochSampler(len(dataset), cfg.seed + 1, rank=stage.global_rank, world=stage.world_size)
+    module.train()
+    stage.fit(module, train_dataloaders=DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler))
+    module.seg_enabled = True
 
 
 def _card_metrics(domains: dict, target: str, protocol: Protocol, retention: dict | None) -> dict:
