@@ -17,9 +17,6 @@ from adapt3d.data.preprocess import Grid, clamp_ct, to_working_grid
 from adapt3d.errors import ConfigError
 
 
-IGNORE_NAME = "ignore"  # nnU-Net v2's name for the label of unknown voxels (pseudo-labels use 255)
-
-
 @dataclass(frozen=True)
 class Item:
     """One object to segment: a class of a labelled case."""
@@ -27,6 +24,7 @@ class Item:
     case: Case
     class_name: str
     class_id: int
+    ignore_id: int | None = None  # label id of unknown voxels (masked out of the loss)
 
     @property
     def key(self) -> str:
@@ -68,13 +66,13 @@ def list_items(ds: Dataset, classes: list[str] | None = None, *, min_voxels: int
             raise ConfigError(
                 f"{ds.root}: unknown class {unknown[0]!r}; known: {', '.join(sorted(ds.classes))}"
             )
-    wanted = {c: ds.classes[c] for c in (classes or ds.classes) if c != IGNORE_NAME}
+    wanted = {c: ds.classes[c] for c in (classes or ds.classes)}
     items: list[Item] = []
     skipped: dict[str, str] = {}
     for case in ds.labelled:
         _, label = load_case(case)
         targets, why = binary_targets(label, wanted, min_voxels=min_voxels)
-        items += [Item(case, name, wanted[name]) for name in targets]
+        items += [Item(case, name, wanted[name], ds.ignore_label) for name in targets]
         skipped.update({f"{case.case_id}/{name}": reason for name, reason in why.items()})
     return items, skipped
 

@@ -26,6 +26,7 @@ SPACING_RTOL = 1e-4  # relative, on voxel sizes
 DIRECTION_ATOL = 1e-4  # on unit direction cosines
 ORIGIN_ATOL_MM = 1e-3
 SPLITS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
+IGNORE_NAME = "ignore"  # nnU-Net v2's label of voxels whose class is unknown (not a class)
 _IMAGE_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -49,6 +50,12 @@ class Dataset:
     classes: dict[str, int]
     cases: list[Case]
     info: dict = field(default_factory=dict)  # dataset.json as read
+
+    @property
+    def ignore_label(self) -> int | None:
+        """Id of the ``ignore`` label (unknown voxels, e.g. pseudo-label uncertainty), if declared."""
+        value = (self.info.get("labels") or {}).get(IGNORE_NAME) if isinstance(self.info.get("labels"), dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
     def labelled(self) -> list[Case]:
@@ -128,7 +135,7 @@ def _parse_labels(info: dict) -> tuple[dict[str, int], list[str]]:
             problems.append(f"dataset.json: labels {seen[value]!r} and {name!r} share id {value}")
         else:
             seen[value] = name
-            if value:
+            if value and name != IGNORE_NAME:
                 classes[name] = value
     if 0 not in seen and not problems:
         problems.append('dataset.json: labels must declare the background as 0, e.g. "background": 0')
@@ -315,7 +322,8 @@ def inspect_dataset(ds: Dataset, *, check_voxels: bool = True) -> tuple[list[Cas
     Label ids are checked against ``dataset.json`` only when its ``labels`` are valid.
     """
     classes, label_problems = _parse_labels(ds.info)
-    declared = None if label_problems or "labels" not in ds.info else {0, *classes.values()}
+    ignore = {ds.ignore_label} if ds.ignore_label is not None else set()
+    declared = None if label_problems or "labels" not in ds.info else {0, *classes.values(), *ignore}
     infos: list[CaseInfo] = []
     problems: list[str] = []
     for case in tqdm(ds.cases, desc=f"checking {ds.name}", unit="case", disable=None, leave=False):

@@ -147,14 +147,11 @@ def load_experiment(path: str | os.PathLike | None, overrides: list[str] = ()) -
     base: Any = OmegaConf.create({})
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            base = OmegaConf.load(path)
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-        except Exception as exc:
-            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        base = _read_yaml(path)
+        for section in INCLUDABLE:  # `core: ../core/demo-tiny.yaml` includes that file as the section
+            value = base.get(section)
+            if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+                base[section] = _read_yaml((path.parent / value).resolve())
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. adapter.rank=8)")
@@ -170,6 +167,19 @@ def load_experiment(path: str | os.PathLike | None, overrides: list[str] = ()) -
     if path is not None:
         cfg = _resolve_paths(cfg, path.parent)
     return cfg
+
+
+#: top-level sections that may name a YAML file to include (configs/core, configs/adapter)
+INCLUDABLE = ("core", "adapter", "train", "eval", "retention", "context_head")
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return OmegaConf.load(path)
+    except Exception as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def _resolve_paths(cfg: ExperimentConfig, folder: Path) -> ExperimentConfig:

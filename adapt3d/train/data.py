@@ -17,9 +17,6 @@ from torch.utils.data import Dataset, Sampler
 from adapt3d.data.items import Item, prepare_case
 from adapt3d.data.preprocess import centred_window, normalise
 
-IGNORE = 255  # label value of voxels whose class is unknown (pseudo-label uncertainty, unlabelled slices)
-
-
 class CropDataset(Dataset):
     """Object-centred crops of ``items``; index ``epoch * len(self) + i`` gives sample i of that epoch."""
 
@@ -70,7 +67,7 @@ class CropDataset(Dataset):
         item = self.items[i % len(self.items)]
         prepared = prepare_case(item.case, self.modality, self.spacing)
         target = prepared.label == item.class_id
-        known = prepared.label != IGNORE
+        known = prepared.label != item.ignore_id if item.ignore_id is not None else np.ones_like(target)
         centre = _object_centre(target) + rng.uniform(-1, 1, size=3) * self.jitter * self.size
         window = centred_window(centre, self.size)
         sample = {
