@@ -9,9 +9,20 @@ HELP = "segment an object from point clicks and write a NIfTI mask on the input'
 DESCRIPTION = """\
 Segment one object in a 3D image from point clicks with a SAM-Med3D-format core.
 
-The image is reoriented to RAS, resampled to 1.5 mm, and a 128³ crop centred on the first
-point is segmented (SAM-Med3D's official preprocessing); the mask is written back on the
-input's exact grid, affine and header, so it overlays the image in 3D Slicer / ITK-SNAP.
+The image is reoriented to RAS and resampled (--resample, default isotropic 1.5 mm, the
+core's training spacing). --mode whole (default) starts with the core's 128³ window centred on
+the first point and adds overlapping windows wherever the object reaches a window face, each
+prompted with the clicks inside it or a click propagated from what is already segmented, until
+the object is covered or --max-windows ran; windows are blended with Gaussian weights.
+--mode crop segments only the single 128³ crop centred on the first point (SAM-Med3D's official
+inference; larger objects are cut at its faces). The mask is written back on the input's exact
+grid, affine and header, so it overlays the image in 3D Slicer / ITK-SNAP. Only the points are
+used to place windows: no label file is read.
+
+Resampling policies (spacings per RAS axis):
+  isotropic  every axis to --spacing (thick slices are interpolated)
+  inplane    the two finest axes to --spacing, the slice axis kept (objects look squashed)
+  native     no resampling (scale differs from the core's training data)
 
 Points are voxel indices i,j,k of the input image (0-based, as stored in the file). Clicks
 are applied one after another, each seeing the previous mask, as in interactive use.
@@ -19,6 +30,8 @@ are applied one after another, each seeing the previous mask, as in interactive 
 example:
   adapt3d predict --core sam_med3d_turbo.pth --image ct.nii.gz --point 120,98,60 \\
       --point 130,90,61 --negative 140,100,60 --out liver.nii.gz
+  adapt3d predict --core sam_med3d_turbo.pth --image brain_mr.nii.gz --point 180,120,14 \
+      --resample inplane --out tumour.nii.gz
 """
 
 
@@ -41,24 +54,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative", type=_point, action="append", default=[], metavar="I,J,K", help="negative click (repeatable)")
     p.add_argument("--out", required=True, metavar="NIFTI", help="output mask (.nii.gz)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--mode", choices=["whole", "crop"], default="whole", help="whole object over several windows (default) or the single official crop")
+    p.add_argument("--resample", default="isotropic", help="resampling policy: isotropic (default), inplane or native")
+    p.add_argument("--spacing", type=float, default=1.5, metavar="MM", help="target spacing of the policy in mm (default: 1.5)")
+    p.add_argument("--max-windows", type=int, default=27, metavar="N", help="window budget of --mode whole (default: 27)")
+    p.add_argument("--overlap", type=float, default=0.25, help="overlap of neighbouring windows, fraction (default: 0.25)")
 
 
 def run(args: argparse.Namespace) -> int:
     from adapt3d.data.nifti import load_volume, save_volume
     from adapt3d.errors import ConfigError
     from adapt3d.infer.predictor import CropPredictor
+    from adapt3d.infer.resampling_policy import working_spacing
     from adapt3d.infer.session import guess_modality, load_model
+    from adapt3d.infer.whole_volume import WholeVolumeConfig, WholeVolumePredictor
 
     if not args.point:
         raise ConfigError("give at least one --point (a positive click inside the object)")
     if not (args.out.endswith(".nii.gz") or args.out.endswith(".nii")):
         raise ConfigError(f"{args.out}: output must end in .nii.gz or .nii")
+    config = WholeVolumeConfig(
+        resample=args.resample, spacing=args.spacing, overlap=args.overlap, max_windows=args.max_windows
+    )
     model = load_model(args.core, core_type=args.core_type, device=args.device)
     image = load_volume(args.image)
     modality = guess_modality(image) if args.modality == "auto" else args.modality.upper()
     points = list(args.point) + list(args.negative)
     labels = [1] * len(args.point) + [0] * len(args.negative)
-    mask = CropPredictor(model).predict(image, modality, points, labels)
+    if args.mode == "crop":
+        spacing = working_spacing(config.resample, config.spacing, image.affine)
+        mask = CropPredictor(model, target_spacing=spacing).predict(image, modality, points, labels)
+        how = "1 crop"
+    else:
+        result = WholeVolumePredictor(model, config).predict(image, modality, points, labels)
+        mask, how = result.mask, f"{len(result.windows)} windows, {result.stopped}; {result.resampling.describe()}"
     save_volume(mask, image.affine, args.out, reference=image, dtype="uint8")
-    print(f"wrote {args.out}: {int(mask.sum())} voxels segmented ({modality}, {len(points)} clicks)")
+    print(f"wrote {args.out}: {int(mask.sum())} voxels segmented ({modality}, {len(points)} clicks, {how})")
     return 0

@@ -87,18 +87,19 @@ class Window:
     def extract(self, array: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """The crop, zero-padded where it leaves the array."""
         out = np.full((self.size,) * 3, fill, dtype=array.dtype)
-        src, dst = self._overlap(array.shape)
+        src, dst = self.overlap(array.shape)
         out[dst] = array[src]
         return out
 
     def paste(self, crop: np.ndarray, shape: tuple[int, ...], fill: float = 0.0) -> np.ndarray:
         """An array of ``shape`` holding ``crop`` at this window (``fill`` elsewhere)."""
         out = np.full(shape, fill, dtype=crop.dtype)
-        src, dst = self._overlap(shape)
+        src, dst = self.overlap(shape)
         out[src] = crop[dst]
         return out
 
-    def _overlap(self, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    def overlap(self, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """Slices of the part inside an array of ``shape``: (in the array, in the window)."""
         src, dst = [], []
         for s, n in zip(self.start, shape):
             lo, hi = max(s, 0), min(s + self.size, n)

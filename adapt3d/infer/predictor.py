@@ -49,7 +49,7 @@ class CropPredictor:
 
     def prepare(self, image: Volume, modality: str, center_ijk: Sequence[float]) -> PreparedCrop:
         """Reorient, resample and crop ``image`` around ``center_ijk`` (input voxel coordinates)."""
-        _check_inside(image, center_ijk)
+        check_inside(image, center_ijk)
         raw = Volume(clamp_ct(image.array, modality), image.affine, image.header, image.path)
         work, grid = to_working_grid(raw, self.target_spacing)
         window = centred_window(grid.to_working(np.asarray(center_ijk, dtype=float)), self.core.image_size)
@@ -102,7 +102,8 @@ class CropPredictor:
         return (self.probability(prepared, logits) > 0.5).astype(np.uint8)
 
 
-def _check_inside(image: Volume, ijk: Sequence[float]) -> None:
+def check_inside(image: Volume, ijk: Sequence[float]) -> None:
+    """Raise :class:`InputError` unless voxel coordinates ``ijk`` lie inside ``image``."""
     where = f"{image.path}: " if image.path else ""
     if len(ijk) != 3 or any(not 0 <= c <= s - 1 for c, s in zip(ijk, image.shape)):
         raise InputError(f"{where}point {tuple(ijk)} lies outside the volume of shape {image.shape}")
