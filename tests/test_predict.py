@@ -130,3 +130,21 @@ def test_predict_refuses_first_click_negative(core_path):
     vol = Volume(np.zeros((8, 8, 8), np.float32), np.eye(4))
     with pytest.raises(InputError, match="first point must be positive"):
         CropPredictor(load_core("sam-med3d", core_path)).predict(vol, "MR", [(1, 1, 1)], [0])
+
+
+def test_predict_with_an_adapter(core_path, tmp_path):
+    import torch
+
+    from adapt3d.tuners import AdapterConfig, add_adapters, save_adapter
+
+    model = add_adapters(load_core("sam-med3d", core_path), AdapterConfig(rank=4), verbose=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    save_adapter(model, tmp_path / "adapter")
+    args = ["predict", "--core", str(core_path), "--image", str(MR), "--point", "60,40,10", "--mode", "crop"]
+    assert main([*args, "--out", str(tmp_path / "plain.nii.gz")]) == 0
+    assert main([*args, "--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "adapted.nii.gz")]) == 0
+    plain, adapted = (np.asarray(nib.load(str(tmp_path / n)).dataobj) for n in ("plain.nii.gz", "adapted.nii.gz"))
+    assert plain.shape == adapted.shape and not np.array_equal(plain, adapted)

@@ -195,7 +195,7 @@ def experiment_section(path, classes):
 
 def test_ddp_with_two_cpu_processes(tmp_path, core_path):
     path = experiment(tmp_path, core_path, **{"train.epochs": 1, "data.reference": None, "train.samples_per_item": 4})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # 2 ranks × 1 thread on 2 cores
     cmd = [sys.executable, "-m", "adapt3d", "adapt", "--config", str(path), "train.devices=2", "train.strategy=ddp"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -237,3 +237,28 @@ def test_evaluate_cli_on_any_dataset(tmp_path, core_path, capsys):
     assert "spinal_cord" in capsys.readouterr().out or True
     assert main(["evaluate", "--core", str(core_path), "--data", str(SHARED_DATA / "Dataset003_SpinalCordMR"), "--out", str(out)]) != 0
     assert "already there" in capsys.readouterr().err
+
+
+def test_training_on_keyframe_pseudolabels_masks_the_ignore_label(tmp_path, core_path):
+    """pseudolabel.mode=replace: the adapters learn only from propagated labels; unknown voxels are masked."""
+    from adapt3d.data.nnunet import read_dataset
+    from adapt3d.train.data import CropDataset
+
+    pseudo = tmp_path / "pseudo"
+    assert main(["pseudolabel", "--data", str(MR), "--every", "4", "--backend", "nearest", "--out", str(pseudo)]) == 0
+    ds = read_dataset(pseudo)
+    assert ds.ignore_label == 255 and "ignore" not in ds.classes
+    path = experiment(tmp_path, core_path, **{
+        "train.epochs": 1, "data.reference": None, "pseudolabel.enabled": True, "pseudolabel.path": str(pseudo),
+        "pseudolabel.mode": "replace",
+    })
+    run = run_adaptation(load_experiment(path))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["training"]["pseudolabels"] is True
+    assert metrics["domains"]["TotalSegExampleMR"]["split"]["test"] == ["ts_mr_sm/spleen"]
+    from adapt3d.data.items import list_items
+
+    items, _ = list_items(ds, ["liver"], min_voxels=100)
+    sample = CropDataset(items, "MR", size=32, target_spacing=(1.5, 1.5, 1.5), normalization="sam-med3d", seed=0, augment=False)[0]
+    known = sample["known"]
+    assert 0 < known.mean() < 1, "the pseudo-label's ignore voxels are marked unknown in the training crop"

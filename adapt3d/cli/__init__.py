@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-VERBS = ["ingest", "simulate-us", "adapt", "evaluate", "pseudolabel", "predict", "export", "report"]
+VERBS = ["demo", "ingest", "simulate-us", "adapt", "evaluate", "pseudolabel", "predict", "export", "report"]
 
 
 def _verb_module(name: str):
@@ -58,8 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for name in ("lightning.pytorch", "lightning.fabric"):  # keep Lightning to warnings and progress bars
-        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args._run(args) or 0)
     except Adapt3dError as exc:

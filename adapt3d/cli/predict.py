@@ -48,6 +48,7 @@ def _point(text: str) -> tuple[float, float, float]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--core", required=True, metavar="CKPT", help="core checkpoint (.pth official format, state dict, or .safetensors)")
     p.add_argument("--core-type", default="sam-med3d", help="core architecture (default: sam-med3d)")
+    p.add_argument("--adapter", metavar="DIR", help="adapter directory to apply on the core (e.g. RUN/adapter)")
     p.add_argument("--image", required=True, metavar="NIFTI", help="input image (.nii.gz)")
     p.add_argument("--modality", default="auto", help="CT, MR or US (default: auto = CT if the image has values below -500)")
     p.add_argument("--point", type=_point, action="append", default=[], metavar="I,J,K", help="positive click (repeatable)")
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     config = WholeVolumeConfig(
         resample=args.resample, spacing=args.spacing, overlap=args.overlap, max_windows=args.max_windows
     )
-    model = load_model(args.core, core_type=args.core_type, device=args.device)
+    model = load_model(args.core, core_type=args.core_type, adapter=args.adapter, device=args.device)
     image = load_volume(args.image)
     modality = guess_modality(image) if args.modality == "auto" else args.modality.upper()
     points = list(args.point) + list(args.negative)

@@ -12,9 +12,15 @@ from adapt3d.cores import load_core
 from adapt3d.data.nifti import Volume
 
 
-def load_model(core: str | os.PathLike, *, core_type: str = "sam-med3d", device: str = "cpu") -> nn.Module:
-    """A frozen core from a checkpoint, in eval mode on ``device``."""
+def load_model(
+    core: str | os.PathLike, *, core_type: str = "sam-med3d", adapter: str | os.PathLike | None = None, device: str = "cpu"
+) -> nn.Module:
+    """A frozen core from a checkpoint (with ``adapter`` applied when given), in eval mode on ``device``."""
     model = load_core(core_type, core)
+    if adapter is not None:
+        from adapt3d.tuners import load_adapter
+
+        model = load_adapter(model, adapter)
     return model.to(torch.device(device))
 
 

@@ -66,7 +66,7 @@ class TrainSection:
     warmup_steps: int = 10
     click_rounds: int = 5  # iterative click rounds per volume, as SAM-Med3D trains
     click_simulator: str = "random"
-    jitter: float = 0.25  # crop-centre jitter, fraction of the crop side
+    jitter: float = 0.1  # crop-centre jitter, fraction of the crop side (SAM-Med3D trains on object-centred crops)
     augment: bool = True
     precision: str = "32-true"  # or bf16-mixed
     grad_checkpointing: bool = False
@@ -113,7 +113,12 @@ class ContextHeadSection:
 @dataclass(frozen=True)
 class PseudoLabelSection:
     enabled: bool = False
-    path: str = ""  # an nnU-Net dataset of pseudo-labels (255 = ignore), from `adapt3d pseudolabel`
+    path: str = ""  # an nnU-Net dataset of pseudo-labels ("ignore" label = unknown), from `adapt3d pseudolabel`
+    mode: str = "add"  # add: train on the target's items and the pseudo-labels; replace: pseudo-labels only
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("add", "replace"):
+            raise ValueError(f"pseudolabel.mode must be add or replace, not {self.mode!r}")
 
 
 @dataclass(frozen=True)

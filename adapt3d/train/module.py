@@ -103,8 +103,9 @@ class AdaptModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep what training changes: trainable weights and the extra loss' state (e.g. EMA teacher)."""
-        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+        """Keep what training changes (trainable weights), the buffers (small; e.g. a randomly drawn
+        positional-encoding matrix) and the extra loss' state (e.g. the EMA teacher)."""
+        keep = {n for n, p in self.named_parameters() if p.requires_grad} | {n for n, _ in self.named_buffers()}
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k in keep or k.startswith("extra_loss.")
         }

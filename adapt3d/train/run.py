@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import dataclasses
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ from adapt3d.train.domains import Domain, extra_items, load_domain
 from adapt3d.train.module import AdaptModule
 from adapt3d.train.retention import RetentionMonitor, mean_dice
 from adapt3d.tuners import AdaptedModel, format_report, save_adapter
+
+for _name in ("lightning.pytorch", "lightning.fabric"):  # Lightning sets INFO when imported: keep warnings only
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def protocol_of(cfg: ExperimentConfig) -> Protocol:
@@ -57,13 +61,18 @@ def run_adaptation(
     reference = load_domain(cfg.data.reference, "reference", seed=cfg.seed, all_test=True) if cfg.data.reference else None
     train_items = list(target.split.train)
     if cfg.pseudolabel.enabled:
-        train_items += extra_items(cfg.pseudolabel.path, cfg.data.target.classes, min_voxels=cfg.data.target.min_voxels)
+        pseudo = extra_items(cfg.pseudolabel.path, cfg.data.target.classes, min_voxels=cfg.data.target.min_voxels)
+        held_out = {(i.case.case_id, i.class_name) for i in target.split.test + target.split.val}
+        pseudo = [i for i in pseudo if (i.case.case_id, i.class_name) not in held_out]  # never train on test objects
+        train_items = pseudo if cfg.pseudolabel.mode == "replace" else train_items + pseudo
+    if not train_items:
+        raise ConfigError(f"{cfg.pseudolabel.path or target.dataset.root}: no training items after the declared split")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # also makes a randomly initialised core reproducible
     core = load_core(cfg.core.name, cfg.core.checkpoint, **cfg.core.arch)
     run_dir = cfg.run_dir
     is_zero = rank_zero_only.rank == 0
     if is_zero:
         prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     protocol = protocol_of(cfg)
     save = cfg.eval.save_predictions
     before = {}
