@@ -293,3 +293,25 @@ def test_lora_on_segvol_attention_merges_exactly(tmp_path: Path, qkv_slices: str
     assert result.merged
     merged = load_core("segvol", result.path, **{k: v for k, v in TINY.items() if k in ("num_heads",)})
     assert (_run(merged)[0] - expected).abs().max().item() <= 1e-4
+
+
+def test_segvol_n_click_protocol_with_text_prompts(tokenizer_dir: tuple[Path, int]) -> None:
+    """The same EVAL record as the SAM-Med3D protocol; click count 0 is the class name alone."""
+    from adapt3d.data.items import list_items
+    from adapt3d.data.nnunet import read_dataset
+    from adapt3d.evaluate.nclick import Protocol
+    from adapt3d.evaluate.segvol_protocol import evaluate_items_segvol
+
+    directory, vocab = tokenizer_dir
+    model = _tiny(vocab_size=vocab, seed=5)
+    model.set_tokenizer(directory)
+    ds = read_dataset(SHARED_DATA / "Dataset004_BrainTumourMR")
+    items, _ = list_items(ds, min_voxels=100)
+    protocol = Protocol(clicks=(1, 2))
+    record = evaluate_items_segvol(model, items, "MR", protocol, text=True)
+    assert record["clicks"] == [0, 1, 2]
+    case = record["per_case"][0]
+    assert set(case["dice"]) == {"0", "1", "2"} and case["class"] == "tumour"
+    assert record["summary"]["2"]["dice"]["mean"] == pytest.approx(case["dice"]["2"])
+    again = evaluate_items_segvol(model, items, "MR", protocol, text=True)
+    assert again["per_case"][0]["dice"] == case["dice"]

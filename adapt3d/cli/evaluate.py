@@ -16,8 +16,14 @@ Without --adapter the frozen core is evaluated; with it, both the frozen core ("
 the adapted model ("after"). Writes OUT/metrics.json, env.json and predictions/ (open the
 masks in 3D Slicer / ITK-SNAP over the images); `adapt3d report OUT` turns it into a report.
 
+A 2D core (--core-type sam2d: Segment Anything, e.g. sam_vit_b_01ec64.pth) is evaluated slice
+by slice along --slice-axis: every slice holding the object gets its own N clicks (the same
+click simulation, in 2D), slices are predicted independently and stacked, and Dice/NSD are
+computed on the input grid as for 3D; each case also records the clicks used in total.
+
 example:
   adapt3d evaluate --core sam_med3d_turbo.pth --data Dataset002_MR --clicks 1,3,5,10 --out runs/mr_eval
+  adapt3d evaluate --core sam_vit_b_01ec64.pth --core-type sam2d --data Dataset002_MR --out runs/mr_2d
 """
 
 
@@ -31,9 +37,18 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _axis(text: str) -> int:
+    from adapt3d.evaluate.slicewise import slice_axis_index
+
+    try:
+        return slice_axis_index(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--core", required=True, metavar="CKPT", help="core checkpoint")
-    p.add_argument("--core-type", default="sam-med3d", help="core architecture (default: sam-med3d)")
+    p.add_argument("--core-type", default="sam-med3d", help="core architecture: sam-med3d (default), segvol, or sam2d (slice-wise)")
     p.add_argument("--core-description", default="", help="what the core was trained on (stated in reports)")
     p.add_argument("--adapter", metavar="DIR", help="adapter directory; omit to evaluate the frozen core")
     p.add_argument("--data", required=True, metavar="DIR", help="nnU-Net raw dataset (dataset.json, imagesTr, labelsTr)")
@@ -43,6 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--silver-standard", action="store_true", help="the labels are model predictions")
     p.add_argument("--clicks", type=_ints, default=(1, 3, 5, 10), help="click counts to report (default: 1,3,5,10)")
     p.add_argument("--simulator", default="center", help="click simulator: center (default) or random")
+    p.add_argument("--slice-axis", type=_axis, metavar="AXIS",
+                   help="2D cores: slice orientation, axial (default), coronal, sagittal or RAS axis 0/1/2")
+    p.add_argument("--text", action="store_true",
+                   help="SegVol: also prompt with the class names of dataset.json (adds click count 0: text alone)")
+    p.add_argument("--tokenizer", metavar="DIR", help="SegVol: CLIP tokenizer folder (SegVol's config/clip), for --text")
     p.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="MM", help="NSD tolerance in mm (default: 2)")
     p.add_argument("--min-voxels", type=int, default=100, help="skip objects smaller than this (default: 100)")
     p.add_argument("--seed", type=int, default=0)
@@ -55,15 +75,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from adapt3d.evaluate.nclick import Protocol
-    from adapt3d.evaluate.run import run_evaluation
+    from adapt3d.evaluate.run import make_protocol, run_evaluation
     from adapt3d.train.config import DomainSection
 
     domain = DomainSection(
         path=args.data, classes=tuple(c for c in args.classes.split(",") if c), modality=args.modality,
         simulated=args.simulated, silver_standard=args.silver_standard, min_voxels=args.min_voxels,
     )
-    protocol = Protocol(clicks=args.clicks, simulator=args.simulator, nsd_tolerance_mm=args.nsd_tolerance, seed=args.seed)
+    options = {"clicks": args.clicks, "simulator": args.simulator, "nsd_tolerance_mm": args.nsd_tolerance, "seed": args.seed}
+    if args.slice_axis is not None:
+        options["slice_axis"] = args.slice_axis
+    if args.text:
+        options["text"] = True
+    if args.tokenizer:
+        options["tokenizer"] = args.tokenizer
+    protocol = make_protocol(args.core_type, **options)
     out = run_evaluation(
         core=args.core, core_type=args.core_type, adapter=args.adapter, domain=domain, protocol=protocol,
         out=Path(args.out), core_description=args.core_description, overwrite=args.overwrite,

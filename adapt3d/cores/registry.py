@@ -29,11 +29,17 @@ class CoreSpec:
     description: str
     config_cls: type
     model_cls: type[nn.Module]
-    signature_key: str  # a key every checkpoint of this core has
+    signature_key: str  # a key every checkpoint of this core has ...
     state_keys: tuple[str, ...]  # wrapper keys that hold the state dict, tried in order
     prefixes: tuple[str, ...]  # key prefixes stripped when every key carries them
     infer_config: Callable[[dict[str, torch.Tensor]], dict]
     to_official: Callable[[dict[str, torch.Tensor], dict], Any]  # (state, adapt3d meta) → official object
+    signature_dims: int | None = None  # ... with this many dimensions (tells 3D from 2D SAM apart)
+
+    def matches(self, state: dict[str, torch.Tensor]) -> bool:
+        """Whether a state dict has this core's signature tensor."""
+        t = state.get(self.signature_key)
+        return t is not None and (self.signature_dims is None or t.dim() == self.signature_dims)
 
 
 CORES: Registry[CoreSpec] = Registry("core")
@@ -54,11 +60,11 @@ def _state_of(spec: CoreSpec, obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def _recognise(spec: CoreSpec, obj: Any, path: Path) -> dict[str, torch.Tensor]:
     state = _state_of(spec, obj, path)
-    if spec.signature_key in state:
+    if spec.matches(state):
         return state
     for other in (CORES.get(n) for n in CORES.names() if n != spec.name):
         try:
-            if other.signature_key in _state_of(other, obj, path):
+            if other.matches(_state_of(other, obj, path)):
                 raise CheckpointError(f"{path}: this is a {other.name} checkpoint, not {spec.name} (use core {other.name!r})")
         except CheckpointError as exc:
             if "checkpoint, not" in str(exc):

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from adapt3d.data.items import Item, PreparedCase, prepare_case
-from adapt3d.data.nifti import save_volume
+from adapt3d.data.nifti import Volume, save_volume
 from adapt3d.data.preprocess import centred_window, from_working_grid, normalise
 from adapt3d.evaluate.metrics import dice, nsd, summarise
 from adapt3d.prompts.clicks import CLICK_SIMULATORS, Click
@@ -97,26 +97,43 @@ def evaluate_items(
         for item in tqdm(items, desc=desc or "evaluate", disable=None, leave=False):
             prepared = prepare_case(item.case, modality, tuple(protocol.target_spacing))
             masks = segment_item(model, prepared, item, modality, protocol)
-            gt = prepared.input_label == item.class_id
-            record = {
-                "case": item.case.case_id,
-                "class": item.class_name,
-                "label_id": item.class_id,
-                "image": str(Path(item.case.image_path).resolve()),
-                "label": str(Path(item.case.label_path).resolve()),
-                "dice": {str(k): dice(m, gt) for k, m in masks.items()},
-                "nsd": {str(k): nsd(m, gt, prepared.input_spacing, protocol.nsd_tolerance_mm) for k, m in masks.items()},
-                "prediction": None,
-            }
-            if predictions_dir is not None:
-                k = max(protocol.clicks)
-                path = predictions_dir / f"{item.case.case_id}__{item.class_name}__{k}.nii.gz"
-                save_volume(masks[k].astype(np.uint8), prepared.input_image.affine, path, reference=prepared.input_image)
-                record["prediction"] = str(path.relative_to(run_dir)) if run_dir else str(path)
+            record = case_record(
+                item, masks, prepared.input_label == item.class_id, prepared.input_image, protocol.nsd_tolerance_mm,
+                predictions_dir=predictions_dir, run_dir=run_dir,
+            )
             per_case.append(record)
     finally:
         model.train(was_training)
     return summarise_records(per_case, protocol.clicks)
+
+
+def case_record(
+    item: Item,
+    masks: dict[int, np.ndarray],
+    gt: np.ndarray,
+    image: Volume,
+    tolerance_mm: float,
+    *,
+    predictions_dir: Path | None = None,
+    run_dir: Path | None = None,
+) -> dict:
+    """The per-case entry of an EVAL record: Dice/NSD per click count; the last mask saved if asked."""
+    record = {
+        "case": item.case.case_id,
+        "class": item.class_name,
+        "label_id": item.class_id,
+        "image": str(Path(item.case.image_path).resolve()),
+        "label": str(Path(item.case.label_path).resolve()),
+        "dice": {str(k): dice(m, gt) for k, m in masks.items()},
+        "nsd": {str(k): nsd(m, gt, image.spacing, tolerance_mm) for k, m in masks.items()},
+        "prediction": None,
+    }
+    if predictions_dir is not None:
+        k = max(masks)
+        path = predictions_dir / f"{item.case.case_id}__{item.class_name}__{k}.nii.gz"
+        save_volume(masks[k].astype(np.uint8), image.affine, path, reference=image)
+        record["prediction"] = str(path.relative_to(run_dir)) if run_dir else str(path)
+    return record
 
 
 def summarise_records(per_case: list[dict], clicks: Sequence[int]) -> dict:

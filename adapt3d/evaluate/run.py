@@ -1,15 +1,51 @@
-"""``adapt3d evaluate``: the N-click protocol on any nnU-Net raw dataset, written as a run directory."""
+"""``adapt3d evaluate``: the N-click protocol on any nnU-Net raw dataset, written as a run directory.
+
+Cores are evaluated by the protocol registered for them in ``EVALUATORS`` (2D cores slice by
+slice); cores not listed there use the 3D N-click protocol.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from adapt3d.config import build_dataclass
 from adapt3d.cores import load_core
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
+from adapt3d.evaluate.segvol_protocol import SegVolProtocol, evaluate_items_segvol
+from adapt3d.evaluate.slicewise import SlicewiseProtocol, evaluate_slicewise
+from adapt3d.registry import Registry
 from adapt3d.runs import SCHEMA, caveats, env_record, now, prepare_run_dir, write_json
 from adapt3d.train.config import DomainSection
 from adapt3d.train.domains import load_domain
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """How a kind of core is evaluated: its protocol settings and the function returning an EVAL record."""
+
+    protocol: type[Protocol]
+    evaluate: Callable[..., dict]
+
+
+NCLICK = Evaluator(Protocol, evaluate_items)
+#: Evaluators of the cores that do not use the 3D N-click protocol, by core name.
+EVALUATORS: Registry[Evaluator] = Registry("evaluator")
+EVALUATORS.register("sam2d", Evaluator(SlicewiseProtocol, evaluate_slicewise))
+EVALUATORS.register("segvol", Evaluator(SegVolProtocol, evaluate_items_segvol))
+
+
+def evaluator_for(core_type: str) -> Evaluator:
+    """The evaluator of core ``core_type`` (the 3D N-click protocol unless one is registered)."""
+    return EVALUATORS.get(core_type) if core_type in EVALUATORS else NCLICK
+
+
+def make_protocol(core_type: str, **options: Any) -> Protocol:
+    """The protocol settings of ``core_type``'s evaluator; an option it does not have is a ConfigError."""
+    return build_dataclass(evaluator_for(core_type).protocol, options, f"evaluation protocol of {core_type}")
 
 
 def run_evaluation(
@@ -27,6 +63,7 @@ def run_evaluation(
 ) -> Path:
     """Evaluate the frozen core (``before``) and, with ``adapter``, the adapted model (``after``)."""
     started, t0 = now(), time.time()
+    evaluate_fn = evaluator_for(core_type).evaluate
     dom = load_domain(domain, "target", seed=protocol.seed, all_test=True)
     model = load_core(core_type, core).to(device)
     fingerprint = None
@@ -39,7 +76,7 @@ def run_evaluation(
 
     def evaluate(m, stage: str) -> dict:
         pred_dir = out / "predictions" / dom.name / stage if save_predictions else None
-        return evaluate_items(m, dom.split.test, dom.modality, protocol, predictions_dir=pred_dir, run_dir=out, desc=f"{stage}: {dom.name}")
+        return evaluate_fn(m, dom.split.test, dom.modality, protocol, predictions_dir=pred_dir, run_dir=out, desc=f"{stage}: {dom.name}")
 
     if adapter is None:
         before, after = evaluate(model, "before"), None

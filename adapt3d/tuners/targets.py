@@ -48,6 +48,9 @@ TARGET_TABLES.register(
     ),
 )
 
+# 2D SAM (as SAM-Med2D adapts it) has SAM-Med3D's module names: the same groups select its layers.
+TARGET_TABLES.register("sam2d", TARGET_TABLES.get("sam-med3d"))
+
 TARGET_TABLES.register(
     "segvol",
     TargetTable(

@@ -10,6 +10,7 @@ SPEC = register_core(
         config_cls=SamMed3DConfig,
         model_cls=SamMed3D,
         signature_key="image_encoder.patch_embed.proj.weight",
+        signature_dims=5,  # Conv3d patch embedding
         state_keys=("model_state_dict", "state_dict", "model"),
         prefixes=("module.", "model."),
         infer_config=infer_config,
