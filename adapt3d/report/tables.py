@@ -112,7 +112,8 @@ def per_class_table(run: Run) -> Table:
             cells = []
             for metric in ("dice", "nsd"):
                 cells += [fmt_stat(class_stat(dom[stage], cls, run.kmax, metric)) for stage in STAGES]
-            rows.append([domain_label(name, dom), cls] + cells)
+            if any(c != DASH for c in cells):  # classes only trained on (never evaluated) are left out
+                rows.append([domain_label(name, dom), cls] + cells)
     columns = ["domain", "class", "Dice before", "Dice after", "NSD before", "NSD after"]
     return Table(columns, rows, f"{run.label}: per class at {k} clicks (×100, mean ± sd over cases).", numeric={2, 3, 4, 5})
 
