@@ -23,6 +23,12 @@ def _prepare_parent(path: Path) -> Path:
     return parent
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -36,11 +42,9 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp (and some writers) make 0600: use the usual mode
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -58,9 +62,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists (choose another output or remove it)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should be readable like any new folder
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should be readable like any new folder
     try:
         yield tmp
         if path.exists():
