@@ -35,11 +35,15 @@ def keyframes_only(out: Path, every: int) -> Path:
     ds = read_dataset(MR)
     labels, _ = source_labels(ds)
     writer = PseudolabelWriter(out, "Dataset903_KeyframesOnlyMR", ds, labels, 255)
+    axes = []
     for case in ds.labelled:
         image, label = load_case(case)
-        sparse = sparsify(label.array, axis=auto_axis(label.shape, label.spacing), every=every)
+        axes.append(auto_axis(label.shape, label.spacing))
+        sparse = sparsify(label.array, axis=axes[-1], every=every)
         writer.add(case, sparse.to_ignore(255), label)
-    writer.finish({"backend": "none (keyframes only)", "every": every}, {"cases": []})
+    settings = {"backend": "none: keyframes only, every other voxel ignored", "every": every, "axis": axes[0],
+                "ignore": 255, "uncertain": [0.0, 1.0]}
+    writer.finish(settings, {"cases": []})
     return out
 
 
