@@ -12,15 +12,20 @@ from pathlib import Path
 from adapt3d.errors import OutputError
 
 
-def _prepare_parent(path: Path) -> Path:
-    parent = path.parent if str(path.parent) else Path(".")
+def writable_dir(path: Path, what: str = "output directory") -> Path:
+    """Create directory ``path`` (with its parents) if needed; :class:`OutputError` naming it as
+    ``what`` if it cannot be created or written to."""
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{parent}: cannot create output directory ({exc.strerror or exc})") from exc
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{parent}: output directory is not writable")
-    return parent
+        raise OutputError(f"{path}: cannot create {what} ({exc.strerror or exc})") from exc
+    if not os.access(path, os.W_OK):
+        raise OutputError(f"{path}: {what} is not writable")
+    return path
+
+
+def _prepare_parent(path: Path) -> Path:
+    return writable_dir(path.parent if str(path.parent) else Path("."))
 
 
 def _umask() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 from adapt3d import __version__
-from adapt3d.atomic import atomic_file
+from adapt3d.atomic import atomic_file, writable_dir
 from adapt3d.errors import ConfigError
 
 SCHEMA = 1
@@ -76,17 +75,7 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> Path:
         raise ConfigError(f"{run_dir}: a finished run is already there (choose another name, or --overwrite)")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: exists and is not a directory")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        from adapt3d.errors import OutputError
-
-        raise OutputError(f"{run_dir}: cannot create run directory ({exc.strerror or exc})") from None
-    if not os.access(run_dir, os.W_OK):
-        from adapt3d.errors import OutputError
-
-        raise OutputError(f"{run_dir}: run directory is not writable")
-    return run_dir
+    return writable_dir(run_dir, "run directory")
 
 
 def caveats(core_description: str, domains: dict[str, dict]) -> list[str]:

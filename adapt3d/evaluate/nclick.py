@@ -9,7 +9,8 @@ the input grid and scored there (Dice, NSD in mm), so metrics are on the origina
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,11 @@ class Protocol:
     seed: int = 0
     target_spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
     normalization: str = "sam-med3d"
+
+
+#: What a protocol gives for one item: input-grid masks per click count, the input-grid ground
+#: truth, the input image (spacing, affine), and extra fields for the item's record.
+CaseResult = tuple[dict[int, np.ndarray], np.ndarray, Volume, dict]
 
 
 def _item_rng(seed: int, item: Item) -> np.random.Generator:
@@ -90,21 +96,49 @@ def evaluate_items(
     desc: str | None = None,
 ) -> dict:
     """Run the protocol on ``items``; the EVAL record of the run schema (summary, per class, per case)."""
+
+    def segment(item: Item) -> CaseResult:
+        prepared = prepare_case(item.case, modality, tuple(protocol.target_spacing))
+        masks = segment_item(model, prepared, item, modality, protocol)
+        return masks, prepared.input_label == item.class_id, prepared.input_image, {}
+
+    return evaluate_each(
+        model, items, segment, protocol, desc=desc or "evaluate", predictions_dir=predictions_dir, run_dir=run_dir
+    )
+
+
+def evaluate_each(
+    model: nn.Module,
+    items: Sequence[Item],
+    segment: Callable[[Item], CaseResult],
+    protocol: Protocol,
+    *,
+    desc: str,
+    predictions_dir: Path | None = None,
+    run_dir: Path | None = None,
+) -> dict:
+    """The EVAL record of ``items``, each segmented by ``segment`` and scored by :func:`case_record`
+    at ``protocol.clicks``; the model runs in eval mode, its mode restored after."""
+    per_case = []
+    with _eval_mode(model):
+        for item in tqdm(items, desc=desc, disable=None, leave=False):
+            masks, gt, image, extra = segment(item)
+            record = case_record(
+                item, masks, gt, image, protocol.nsd_tolerance_mm, predictions_dir=predictions_dir, run_dir=run_dir
+            )
+            record.update(extra)
+            per_case.append(record)
+    return summarise_records(per_case, protocol.clicks)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
     was_training = model.training
     model.eval()
-    per_case = []
     try:
-        for item in tqdm(items, desc=desc or "evaluate", disable=None, leave=False):
-            prepared = prepare_case(item.case, modality, tuple(protocol.target_spacing))
-            masks = segment_item(model, prepared, item, modality, protocol)
-            record = case_record(
-                item, masks, prepared.input_label == item.class_id, prepared.input_image, protocol.nsd_tolerance_mm,
-                predictions_dir=predictions_dir, run_dir=run_dir,
-            )
-            per_case.append(record)
+        yield
     finally:
         model.train(was_training)
-    return summarise_records(per_case, protocol.clicks)
 
 
 def case_record(

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from adapt3d.data.items import Item
 from adapt3d.data.nnunet import load_case
-from adapt3d.evaluate.nclick import Protocol, case_record, summarise_records
+from adapt3d.evaluate.nclick import CaseResult, Protocol, evaluate_each
 from adapt3d.prompts.clicks import CLICK_SIMULATORS, Click
 
 
@@ -79,11 +78,13 @@ def evaluate_items_segvol(
         getattr(model, "core", model).set_tokenizer(protocol.tokenizer)
     clicks = tuple(sorted(set(protocol.clicks) | ({0} if text else set())))
     protocol = dataclasses.replace(protocol, clicks=clicks)
-    per_case = []
-    for item in tqdm(items, desc=desc or "evaluate (segvol)", disable=None, leave=False):
+
+    def segment(item: Item) -> CaseResult:
         masks = segment_item_segvol(model, item, modality, protocol, text=text)
         image, label = load_case(item.case)
-        gt = label.array == item.class_id
-        record = case_record(item, masks, gt, image, protocol.nsd_tolerance_mm, predictions_dir=predictions_dir, run_dir=run_dir)
-        per_case.append(record)
-    return summarise_records(per_case, clicks)
+        return masks, label.array == item.class_id, image, {}
+
+    return evaluate_each(
+        model, items, segment, protocol, desc=desc or "evaluate (segvol)", predictions_dir=predictions_dir,
+        run_dir=run_dir,
+    )

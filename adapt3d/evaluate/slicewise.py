@@ -50,7 +50,7 @@ from tqdm import tqdm
 from adapt3d.cores.sam2d.model import preprocess
 from adapt3d.data.items import Item, PreparedCase, prepare_case
 from adapt3d.data.preprocess import from_working_grid
-from adapt3d.evaluate.nclick import Protocol, case_record, summarise_records
+from adapt3d.evaluate.nclick import CaseResult, Protocol, evaluate_each
 from adapt3d.prompts.clicks import CLICK_SIMULATORS, Click, ClickSimulator
 
 #: RAS axis index of each slice orientation.
@@ -219,23 +219,19 @@ def evaluate_slicewise(
 ) -> dict:
     """Run the slice-wise protocol on ``items``: the EVAL record of the run schema, like ``evaluate_items``."""
     protocol = as_slicewise(protocol)
-    was_training = model.training
-    model.eval()
-    per_case = []
-    try:
-        for item in tqdm(items, desc=desc or "evaluate (slice-wise)", disable=None, leave=False):
-            prepared = prepare_case(item.case, modality, None)
-            masks, used = segment_item_slicewise(model, prepared, item, modality, protocol)
-            record = case_record(
-                item, masks, prepared.input_label == item.class_id, prepared.input_image, protocol.nsd_tolerance_mm,
-                predictions_dir=predictions_dir, run_dir=run_dir,
-            )
-            record["clicks_used"] = {str(k): n for k, n in used.items()}
-            per_case.append(record)
-    finally:
-        model.train(was_training)
+
+    def segment(item: Item) -> CaseResult:
+        prepared = prepare_case(item.case, modality, None)
+        masks, used = segment_item_slicewise(model, prepared, item, modality, protocol)
+        clicks_used = {str(k): n for k, n in used.items()}
+        return masks, prepared.input_label == item.class_id, prepared.input_image, {"clicks_used": clicks_used}
+
+    record = evaluate_each(
+        model, items, segment, protocol, desc=desc or "evaluate (slice-wise)", predictions_dir=predictions_dir,
+        run_dir=run_dir,
+    )
     plane = next(name for name, a in SLICE_AXES.items() if a == protocol.slice_axis)
     return {
-        **summarise_records(per_case, protocol.clicks),
+        **record,
         "protocol": {"name": "slicewise", "slice_axis": protocol.slice_axis, "plane": plane, "clicks_per": "slice"},
     }

@@ -34,36 +34,27 @@ _DECODER = {
     "decoder.hypernet": r"mask_decoder\.output_hypernetworks_mlps\.\d+",
 }
 
-TARGET_TABLES.register(
-    "sam-med3d",
-    TargetTable(
+
+def _vit_table(proj: str) -> TargetTable:
+    """The groups of a core with a ViT encoder (fused ``qkv``, output projection ``proj``) and SAM's decoder."""
+    blocks = r"image_encoder\.blocks\.\d+"
+    return TargetTable(
         names={
-            "encoder.qkv": r"image_encoder\.blocks\.\d+\.attn\.qkv",
-            "encoder.proj": r"image_encoder\.blocks\.\d+\.attn\.proj",
-            "encoder.attn": r"image_encoder\.blocks\.\d+\.attn",
-            "encoder.mlp": r"image_encoder\.blocks\.\d+\.mlp",
+            "encoder.qkv": blocks + r"\.attn\.qkv",
+            "encoder.proj": blocks + r"\.attn\." + proj,
+            "encoder.attn": blocks + r"\.attn",
+            "encoder.mlp": blocks + r"\.mlp",
             **_DECODER,
         },
-        fused_qkv=r"image_encoder\.blocks\.\d+\.attn\.qkv",
-    ),
-)
+        fused_qkv=blocks + r"\.attn\.qkv",
+    )
 
+
+TARGET_TABLES.register("sam-med3d", _vit_table("proj"))
 # 2D SAM (as SAM-Med2D adapts it) has SAM-Med3D's module names: the same groups select its layers.
 TARGET_TABLES.register("sam2d", TARGET_TABLES.get("sam-med3d"))
-
-TARGET_TABLES.register(
-    "segvol",
-    TargetTable(
-        names={
-            "encoder.qkv": r"image_encoder\.blocks\.\d+\.attn\.qkv",
-            "encoder.proj": r"image_encoder\.blocks\.\d+\.attn\.out_proj",
-            "encoder.attn": r"image_encoder\.blocks\.\d+\.attn",
-            "encoder.mlp": r"image_encoder\.blocks\.\d+\.mlp",
-            **_DECODER,
-        },
-        fused_qkv=r"image_encoder\.blocks\.\d+\.attn\.qkv",
-    ),
-)
+# SegVol's encoder is MONAI's ViT: its attention output projection is ``out_proj``.
+TARGET_TABLES.register("segvol", _vit_table("out_proj"))
 
 
 _INTERNAL = re.compile(r"(^|\.)(base_layer|lora_[A-Za-z_]+|adapt3d_branches)(\.|$)")

@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from adapt3d.cores.common import PromptEncoderBase
 from adapt3d.cores.sam2d.common import LayerNorm2d
 
 
@@ -39,39 +40,16 @@ class PositionEmbeddingRandom(nn.Module):
         return self._encode(coords.float() / torch.tensor([w, h], dtype=torch.float32, device=coords.device))
 
 
-class PromptEncoder(nn.Module):
-    """Points (labels 1 positive, 0 negative, -1 padding), boxes (x0, y0, x1, y1) and mask logits."""
+class PromptEncoder(PromptEncoderBase):
+    """Points (labels 1 positive, 0 negative, -1 padding), boxes (x0, y0, x1, y1) and mask logits.
 
-    def __init__(
-        self,
-        embed_dim: int,
-        image_embedding_size: tuple[int, int],
-        input_image_size: tuple[int, int],
-        mask_in_chans: int,
-    ) -> None:
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.input_image_size = input_image_size
-        self.image_embedding_size = image_embedding_size
-        self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
-        # negative point, positive point, box top-left corner, box bottom-right corner
-        self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
-        self.not_a_point_embed = nn.Embedding(1, embed_dim)
-        self.mask_input_size = (4 * image_embedding_size[0], 4 * image_embedding_size[1])
-        self.mask_downscaling = nn.Sequential(
-            nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
-            LayerNorm2d(mask_in_chans // 4),
-            nn.GELU(),
-            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
-            LayerNorm2d(mask_in_chans),
-            nn.GELU(),
-            nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
-        )
-        self.no_mask_embed = nn.Embedding(1, embed_dim)
+    Point embeddings: negative point, positive point, box top-left corner, box bottom-right corner.
+    """
 
-    def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image-embedding grid, (1, C, h, w)."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+    num_point_embeddings, conv_cls, norm_cls = 4, nn.Conv2d, LayerNorm2d
+
+    def make_pe_layer(self, embed_dim: int) -> nn.Module:
+        return PositionEmbeddingRandom(embed_dim // 2)
 
     def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         if pad:  # a "no point" token closes the list when no box follows
@@ -86,23 +64,3 @@ class PromptEncoder(nn.Module):
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         corners = self.pe_layer.forward_with_coords(boxes.reshape(-1, 2, 2) + 0.5, self.input_image_size)
         return corners + torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])[None]
-
-    def forward(
-        self,
-        points: tuple[torch.Tensor, torch.Tensor] | None,
-        boxes: torch.Tensor | None,
-        masks: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse (B, N, C) and dense (B, C, h, w) embeddings; B from the first prompt given."""
-        present = [t for t in (points[0] if points is not None else None, boxes, masks) if t is not None]
-        bs = present[0].shape[0] if present else 1
-        sparse = [torch.empty((bs, 0, self.embed_dim), device=self.no_mask_embed.weight.device)]
-        if points is not None:
-            sparse.append(self._embed_points(points[0], points[1], pad=boxes is None))
-        if boxes is not None:
-            sparse.append(self._embed_boxes(boxes))
-        if masks is not None:
-            dense = self.mask_downscaling(masks)
-        else:
-            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(bs, -1, *self.image_embedding_size)
-        return torch.cat(sparse, dim=1), dense

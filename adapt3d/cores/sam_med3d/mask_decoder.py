@@ -5,12 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adapt3d.cores.common import MLP, LayerNorm3d
+from adapt3d.cores.common import MLP, LayerNorm3d, output_upscaling
 from adapt3d.cores.sam_med3d.transformer import TwoWayTransformer3D
 
 
 class MaskDecoder3D(nn.Module):
-    """Predicts (B, 1 or 3, 4X, 4Y, 4Z) mask logits from an image embedding and prompt embeddings."""
+    """Predicts (B, 1 or 3, 4X, 4Y, 4Z) mask logits from an image embedding and prompt embeddings.
+
+    One image embedding serves every prompt of the batch; B embeddings pair with B prompts. Only
+    ``output_upscaling`` knows the grid's dimensionality: subclasses replace it for 2D grids.
+    """
 
     def __init__(
         self,
@@ -29,13 +33,7 @@ class MaskDecoder3D(nn.Module):
         self.iou_token = nn.Embedding(1, transformer_dim)
         self.num_mask_tokens = num_multimask_outputs + 1
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
-        self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose3d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
-            LayerNorm3d(transformer_dim // 4),
-            nn.GELU(),
-            nn.ConvTranspose3d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
-            nn.GELU(),
-        )
+        self.output_upscaling = output_upscaling(nn.ConvTranspose3d, LayerNorm3d, transformer_dim)
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
@@ -63,7 +61,7 @@ class MaskDecoder3D(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All ``num_mask_tokens`` masks and IoU predictions."""
+        """All ``num_mask_tokens`` masks (B, masks, *4·grid) and IoU predictions (B, masks)."""
         bs = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(bs, -1, -1), sparse_prompt_embeddings], dim=1)
@@ -72,14 +70,12 @@ class MaskDecoder3D(nn.Module):
             src = torch.repeat_interleave(src, bs, dim=0)
         src = src + dense_prompt_embeddings
         pos = image_pe if image_pe.shape[0] == bs else torch.repeat_interleave(image_pe, bs, dim=0)
-        b, c, x, y, z = src.shape
-        hs, src = self.transformer(src, pos, tokens)
+        hs, src_tokens = self.transformer(src, pos, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, x, y, z))
+        upscaled = self.output_upscaling(src_tokens.transpose(1, 2).reshape(src.shape))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        b, c, x, y, z = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, x * y * z)).reshape(b, -1, x, y, z)
+        masks = (hyper_in @ upscaled.flatten(2)).unflatten(-1, upscaled.shape[2:])
         return masks, self.iou_prediction_head(iou_token_out)

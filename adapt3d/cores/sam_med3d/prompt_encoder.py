@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from adapt3d.cores.common import LayerNorm3d
+from adapt3d.cores.common import LayerNorm3d, PromptEncoderBase
 
 
 class PositionEmbeddingRandom3D(nn.Module):
@@ -42,38 +42,13 @@ class PositionEmbeddingRandom3D(nn.Module):
         return self._encode(coords.float() / scale)
 
 
-class PromptEncoder3D(nn.Module):
-    """Encodes points (coords, labels: 1 positive, 0 negative, -1 padding) and mask logits."""
+class PromptEncoder3D(PromptEncoderBase):
+    """Encodes points (coords, labels: 1 positive, 0 negative, -1 padding) and mask logits; no boxes."""
 
-    def __init__(
-        self,
-        embed_dim: int,
-        image_embedding_size: tuple[int, int, int],
-        input_image_size: tuple[int, int, int],
-        mask_in_chans: int,
-    ) -> None:
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.input_image_size = input_image_size
-        self.image_embedding_size = image_embedding_size
-        self.pe_layer = PositionEmbeddingRandom3D(embed_dim // 3)
-        self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(2))
-        self.not_a_point_embed = nn.Embedding(1, embed_dim)
-        self.mask_input_size = tuple(4 * s for s in image_embedding_size)
-        self.mask_downscaling = nn.Sequential(
-            nn.Conv3d(1, mask_in_chans // 4, kernel_size=2, stride=2),
-            LayerNorm3d(mask_in_chans // 4),
-            nn.GELU(),
-            nn.Conv3d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
-            LayerNorm3d(mask_in_chans),
-            nn.GELU(),
-            nn.Conv3d(mask_in_chans, embed_dim, kernel_size=1),
-        )
-        self.no_mask_embed = nn.Embedding(1, embed_dim)
+    num_point_embeddings, conv_cls, norm_cls = 2, nn.Conv3d, LayerNorm3d
 
-    def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image-embedding grid, (1, C, X, Y, Z)."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+    def make_pe_layer(self, embed_dim: int) -> nn.Module:
+        return PositionEmbeddingRandom3D(embed_dim // 3)
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # voxel centres
@@ -87,27 +62,5 @@ class PromptEncoder3D(nn.Module):
         emb = emb + neg * self.point_embeddings[0].weight + pos * self.point_embeddings[1].weight
         return emb
 
-    def forward(
-        self,
-        points: tuple[torch.Tensor, torch.Tensor] | None,
-        boxes: torch.Tensor | None,
-        masks: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return sparse (B, N, C) and dense (B, C, X, Y, Z) prompt embeddings."""
-        if boxes is not None:
-            raise ValueError("SAM-Med3D has no box embeddings: give points (and optionally a mask) instead")
-        if points is not None:
-            bs = points[0].shape[0]
-        elif masks is not None:
-            bs = masks.shape[0]
-        else:
-            bs = 1
-        dev = self.no_mask_embed.weight.device
-        sparse = torch.empty((bs, 0, self.embed_dim), device=dev)
-        if points is not None:
-            sparse = torch.cat([sparse, self._embed_points(points[0], points[1], pad=True)], dim=1)
-        if masks is not None:
-            dense = self.mask_downscaling(masks)
-        else:
-            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1, 1).expand(bs, -1, *self.image_embedding_size)
-        return sparse, dense
+    def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        raise ValueError("SAM-Med3D has no box embeddings: give points (and optionally a mask) instead")

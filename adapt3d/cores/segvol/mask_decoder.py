@@ -11,37 +11,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from adapt3d.cores.common import output_upscaling
 from adapt3d.cores.sam_med3d.mask_decoder import MaskDecoder3D
 
 
 class MaskDecoder(MaskDecoder3D):
     """Predicts (B, 1 or 3, 4·g0, 4·g1, 4·g2) mask logits and IoU predictions."""
 
-    def __init__(
-        self,
-        transformer_dim: int,
-        image_embedding_size: tuple[int, int, int],
-        num_multimask_outputs: int = 3,
-        iou_head_hidden_dim: int = 256,
-        transformer_depth: int = 2,
-        transformer_heads: int = 8,
-        transformer_mlp_dim: int = 2048,
-    ) -> None:
-        super().__init__(
-            transformer_dim,
-            num_multimask_outputs=num_multimask_outputs,
-            iou_head_hidden_dim=iou_head_hidden_dim,
-            transformer_depth=transformer_depth,
-            transformer_heads=transformer_heads,
-            transformer_mlp_dim=transformer_mlp_dim,
-        )
+    def __init__(self, transformer_dim: int, image_embedding_size: tuple[int, int, int], **kwargs: int) -> None:
+        """``kwargs``: the decoder options of :class:`MaskDecoder3D` (``num_multimask_outputs`` …)."""
+        super().__init__(transformer_dim, **kwargs)
         upscaled = tuple(2 * g for g in image_embedding_size)
-        self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose3d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
-            nn.LayerNorm((transformer_dim // 4, *upscaled)),
-            nn.GELU(),
-            nn.ConvTranspose3d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
-            nn.GELU(),
+        self.output_upscaling = output_upscaling(
+            nn.ConvTranspose3d, lambda channels: nn.LayerNorm((channels, *upscaled)), transformer_dim
         )
         self.txt_align_upscaled_embedding = nn.Linear(transformer_dim, transformer_dim // 8)
 

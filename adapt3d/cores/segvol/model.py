@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from adapt3d.cores.sam_base import decoder_options, run_mask_decoder
 from adapt3d.cores.segvol.image_encoder import build_image_encoder
 from adapt3d.cores.segvol.mask_decoder import MaskDecoder
 from adapt3d.cores.segvol.prompt_encoder import PromptEncoder
@@ -76,24 +77,11 @@ class SegVol(nn.Module):
         self.image_encoder = build_image_encoder(
             cfg.image_size, cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_dim
         )
-        self.mask_decoder = MaskDecoder(
-            transformer_dim=cfg.embed_dim,
-            image_embedding_size=cfg.grid,
-            num_multimask_outputs=cfg.num_multimask_outputs,
-            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-            transformer_depth=cfg.decoder_depth,
-            transformer_heads=cfg.decoder_heads,
-            transformer_mlp_dim=cfg.decoder_mlp_dim,
-        )
+        self.mask_decoder = MaskDecoder(cfg.embed_dim, cfg.grid, **decoder_options(cfg))
         self.prompt_encoder = PromptEncoder(cfg.embed_dim, cfg.grid, cfg.image_size, cfg.mask_in_chans)
         self.text_encoder = TextEncoder(
-            embed_dim=cfg.embed_dim,
-            vocab_size=cfg.text_vocab_size,
-            hidden_size=cfg.text_hidden_size,
-            num_layers=cfg.text_layers,
-            num_heads=cfg.text_heads,
-            intermediate_size=cfg.text_intermediate_size,
-            max_positions=cfg.text_max_positions,
+            cfg.embed_dim, cfg.text_vocab_size, cfg.text_hidden_size, cfg.text_layers, cfg.text_heads,
+            cfg.text_intermediate_size, cfg.text_max_positions,
         )
 
     @property
@@ -153,14 +141,7 @@ class SegVol(nn.Module):
             masks=None,
             text_embedding=text_embedding,
         )
-        return self.mask_decoder(
-            image_embeddings=embeddings,
-            text_embedding=text_embedding,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-        )
+        return run_mask_decoder(self, embeddings, sparse, dense, multimask_output, text_embedding=text_embedding)
 
     def forward(
         self,

@@ -16,8 +16,10 @@ import math
 import torch
 from torch import nn
 
-from adapt3d.cores.common import LayerNorm3d
+from adapt3d.cores.common import LayerNorm3d, mask_downscaling
 from adapt3d.cores.sam_med3d.prompt_encoder import PositionEmbeddingRandom3D, PromptEncoder3D
+
+Grid = tuple[int, int, int]
 
 
 class PositionEmbeddingRandom(PositionEmbeddingRandom3D):
@@ -27,7 +29,7 @@ class PositionEmbeddingRandom(PositionEmbeddingRandom3D):
         proj = 2 * math.pi * ((2 * coords - 1) @ self.positional_encoding_gaussian_matrix)
         return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
 
-    def forward(self, size: tuple[int, int, int]) -> torch.Tensor:
+    def forward(self, size: Grid) -> torch.Tensor:
         """Dense encoding of a (g0, g1, g2) grid, (C, g0, g1, g2): cell centres over each axis' size,
         the first two axes swapped."""
         dev = self.positional_encoding_gaussian_matrix.device
@@ -35,7 +37,7 @@ class PositionEmbeddingRandom(PositionEmbeddingRandom3D):
         i, j, k = torch.meshgrid(*axes, indexing="ij")
         return self._encode(torch.stack([j, i, k], dim=-1)).permute(3, 0, 1, 2)
 
-    def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, int, int]) -> torch.Tensor:
+    def forward_with_coords(self, coords: torch.Tensor, image_size: Grid) -> torch.Tensor:
         """Encode (B, N, 3) voxel coordinates of an input of ``image_size`` (the first two sizes crossed)."""
         scale = torch.tensor([image_size[1], image_size[0], image_size[2]], dtype=torch.float32, device=coords.device)
         return self._encode(coords.float() / scale)
@@ -49,25 +51,12 @@ class PromptEncoder(PromptEncoder3D):
     builds it with 2D convolutions and never feeds masks, so mask prompts are refused.
     """
 
-    def __init__(
-        self,
-        embed_dim: int,
-        image_embedding_size: tuple[int, int, int],
-        input_image_size: tuple[int, int, int],
-        mask_in_chans: int,
-    ) -> None:
+    def __init__(self, embed_dim: int, image_embedding_size: Grid, input_image_size: Grid, mask_in_chans: int) -> None:
         super().__init__(embed_dim, tuple(image_embedding_size), tuple(input_image_size), mask_in_chans)
         self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
         self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
-        self.mask_downscaling = nn.Sequential(  # the release's LayerNorm2d: same parameters as LayerNorm3d
-            nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
-            LayerNorm3d(mask_in_chans // 4),
-            nn.GELU(),
-            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
-            LayerNorm3d(mask_in_chans),
-            nn.GELU(),
-            nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
-        )
+        # the release's LayerNorm2d: same parameters as LayerNorm3d
+        self.mask_downscaling = mask_downscaling(nn.Conv2d, LayerNorm3d, mask_in_chans, embed_dim)
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         corners = (boxes.float() + 0.5).reshape(-1, 2, 3)
@@ -90,15 +79,13 @@ class PromptEncoder(PromptEncoder3D):
             raise ValueError("SegVol has no mask prompt (its released mask_downscaling is untrained and 2D)")
         if boxes is not None and (boxes.shape[-1] != 6 or boxes.dim() != 2 and tuple(boxes.shape[1:]) != (1, 6)):
             raise ValueError(f"boxes must be (B, 6) or (B, 1, 6), got {tuple(boxes.shape)}")
-        present = [t for t in (None if points is None else points[0], boxes, text_embedding) if t is not None]
-        bs = present[0].shape[0] if present else 1
+        bs = self.batch_size(None if points is None else points[0], boxes, text_embedding)
         dev = self.no_mask_embed.weight.device
-        parts = [torch.empty((bs, 0, self.embed_dim), device=dev)]
+        parts = []
         if points is not None:
             parts.append(self._embed_points(points[0].float(), points[1].to(dev), pad=boxes is None))
         if boxes is not None:
             parts.append(self._embed_boxes(boxes))
         if text_embedding is not None:
             parts.append(text_embedding.unsqueeze(1))
-        dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1, 1).expand(bs, -1, *self.image_embedding_size)
-        return torch.cat(parts, dim=1), dense
+        return self.sparse_tokens(bs, parts), self.no_mask_dense(bs)
