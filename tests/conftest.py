@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: The embedded real sample (nnU-Net v2 raw datasets, attribution in datasets/sample/ATTRIBUTION.md).
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "datasets" / "sample"
 
 #: Geometry of the synthetic dataset: 8x9x10 voxels of 1 x 1.5 x 2 mm, origin (-4, 5, 10) mm.
 TINY_SHAPE = (8, 9, 10)
@@ -24,11 +25,10 @@ def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None
 
 
 @pytest.fixture
-def shared_data() -> Path:
-    """``../shared/data`` (the real nnU-Net datasets); skips when it is not there."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} not found")
-    return SHARED_DATA
+def sample_data() -> Path:
+    """``datasets/sample`` of this repository: the real nnU-Net datasets embedded for demo and tests."""
+    assert SAMPLE_DATA.is_dir(), f"{SAMPLE_DATA} is part of the repository and must be there"
+    return SAMPLE_DATA
 
 
 @pytest.fixture

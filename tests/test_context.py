@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tiny import SHARED_DATA, TINY_SAM, randomise
+from tiny import SAMPLE_DATA, TINY_SAM, randomise
 
 from adapt3d import load_core
 from adapt3d.data.nnunet import read_dataset
@@ -47,7 +47,7 @@ class _Step:
 
 
 def _head(model, **kw):
-    ds = read_dataset(SHARED_DATA / "Dataset003_SpinalCordMR")
+    ds = read_dataset(SAMPLE_DATA / "Dataset003_SpinalCordMR")
     return ContextHead(
         [c for c in ds.cases], "MR", feature_dim=24, size=32, target_spacing=(1.5, 1.5, 1.5),
         normalization="sam-med3d", projection_dim=16, **kw,
@@ -112,7 +112,7 @@ def test_adaptation_with_context_head_and_pretraining_stage(tmp_path):
     cfg = {
         "name": "ctx", "output_dir": str(tmp_path / "runs"), "core": {"checkpoint": str(core)},
         "adapter": {"rank": 4},
-        "data": {"target": {"path": str(SHARED_DATA / "Dataset003_SpinalCordMR"), "test": {"cases": ["sct_t2w"]}}},
+        "data": {"target": {"path": str(SAMPLE_DATA / "Dataset003_SpinalCordMR"), "test": {"cases": ["sct_t2w"]}}},
         "train": {"epochs": 1, "samples_per_item": 2, "click_rounds": 1, "accelerator": "cpu"},
         "eval": {"clicks": [1], "val_clicks": [1]},
         "context_head": {"enabled": True, "pretrain_epochs": 1, "random_crops": 2, "projection_dim": 16},

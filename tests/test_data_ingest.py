@@ -61,8 +61,8 @@ def write_json(root: Path, **changes) -> None:
 # ---------------------------------------------------------------- the five real datasets
 
 
-def test_ingest_totalseg_ct(shared_data, tmp_path):
-    root = shared_data / "Dataset001_TotalSegExampleCT"
+def test_ingest_totalseg_ct(sample_data, tmp_path):
+    root = sample_data / "Dataset001_TotalSegExampleCT"
     card = ingest_ok(root, tmp_path / "ct.yaml")
     assert card["modality"] == "CT" and card["name"] == "Dataset001_TotalSegExampleCT"
     assert len(card["classes"]) == 117
@@ -79,12 +79,12 @@ def test_ingest_totalseg_ct(shared_data, tmp_path):
     assert set(card["files"]) == {"dataset.json", "imagesTr/ts_ct_0000.nii.gz", "labelsTr/ts_ct.nii.gz"}
 
 
-def test_ingest_totalseg_mr_and_spinal_cord(shared_data, tmp_path):
-    mr = ingest_ok(shared_data / "Dataset002_TotalSegExampleMR", tmp_path / "mr.yaml")
+def test_ingest_totalseg_mr_and_spinal_cord(sample_data, tmp_path):
+    mr = ingest_ok(sample_data / "Dataset002_TotalSegExampleMR", tmp_path / "mr.yaml")
     assert mr["modality"] == "MR" and mr["channel_name"] == "MRI"
     assert sum(c["n_cases"] > 0 for c in mr["classes"].values()) == 23
     assert mr["cases"][0]["orientation"] == "LPS" and mr["cases"][0]["shape"] == [117, 91, 20]
-    cord = ingest_ok(shared_data / "Dataset003_SpinalCordMR", tmp_path / "cord.yaml")
+    cord = ingest_ok(sample_data / "Dataset003_SpinalCordMR", tmp_path / "cord.yaml")
     assert [c["orientation"] for c in cord["cases"]] == ["RAS", "PSR"]
     assert [c["shape"] for c in cord["cases"]] == [[42, 76, 77], [60, 55, 52]]
     assert cord["classes"]["spinal_cord"] == {
@@ -92,8 +92,8 @@ def test_ingest_totalseg_mr_and_spinal_cord(shared_data, tmp_path):
     }
 
 
-def test_ingest_brain_tumour_mr(shared_data, tmp_path, capsys):
-    card = ingest_ok(shared_data / "Dataset004_BrainTumourMR", tmp_path / "brain.yaml", "--licence", "BSD-3-Clause")
+def test_ingest_brain_tumour_mr(sample_data, tmp_path, capsys):
+    card = ingest_ok(sample_data / "Dataset004_BrainTumourMR", tmp_path / "brain.yaml", "--licence", "BSD-3-Clause")
     assert card["cases"][0]["spacing"] == pytest.approx([0.78125, 0.78125, 6.5], abs=1e-6)
     assert card["spacing"] == {"min": [0.78125, 0.78125, 6.5], "median": [0.78125, 0.78125, 6.5], "max": [0.78125, 0.78125, 6.5]}
     assert card["cases"][0]["orientation"] == "LAS"
@@ -104,8 +104,8 @@ def test_ingest_brain_tumour_mr(shared_data, tmp_path, capsys):
     assert f"wrote {tmp_path / 'brain.yaml'}" in out
 
 
-def test_ingest_unlabelled_ultrasound(shared_data, tmp_path):
-    ds = read_dataset(shared_data / "Dataset005_SpinePhantomUS")
+def test_ingest_unlabelled_ultrasound(sample_data, tmp_path):
+    ds = read_dataset(sample_data / "Dataset005_SpinePhantomUS")
     assert ds.modality == "US" and ds.classes == {} and ds.labelled == []
     assert [c.case_id for c in ds.unlabelled] == [c.case_id for c in ds.test] == ["spine_us"]
     card = ingest_ok(ds.root, tmp_path / "us.yaml")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from tiny import SHARED_DATA, TINY_SAM, randomise
+from tiny import SAMPLE_DATA, TINY_SAM, randomise
 
 from adapt3d import load_core
 from adapt3d.cli import main
@@ -13,8 +13,8 @@ from adapt3d.cores import save_core
 from adapt3d.data.nifti import Volume, load_volume
 from adapt3d.data.preprocess import centred_window, from_working_grid, to_working_grid
 
-CT = SHARED_DATA / "Dataset001_TotalSegExampleCT" / "imagesTr" / "ts_ct_0000.nii.gz"
-MR = SHARED_DATA / "Dataset002_TotalSegExampleMR" / "imagesTr" / "ts_mr_sm_0000.nii.gz"
+CT = SAMPLE_DATA / "Dataset001_TotalSegExampleCT" / "imagesTr" / "ts_ct_0000.nii.gz"
+MR = SAMPLE_DATA / "Dataset002_TotalSegExampleMR" / "imagesTr" / "ts_mr_sm_0000.nii.gz"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def core_path(tmp_path_factory):
 
 def test_working_grid_round_trip_is_exact_for_labels():
     """LPS, 3 mm MR label → RAS 1.5 mm (nearest) → back: identical to the input labels."""
-    label = load_volume(SHARED_DATA / "Dataset002_TotalSegExampleMR" / "labelsTr" / "ts_mr_sm.nii.gz", kind="label")
+    label = load_volume(SAMPLE_DATA / "Dataset002_TotalSegExampleMR" / "labelsTr" / "ts_mr_sm.nii.gz", kind="label")
     assert label.orientation == "LPS"
     work, grid = to_working_grid(label, (1.5, 1.5, 1.5), order=0)
     assert work.shape == tuple(2 * s for s in label.shape)  # 3 mm → 1.5 mm doubles each axis

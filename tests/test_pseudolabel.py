@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from tiny import SHARED_DATA, TINY_SAM, randomise
+from tiny import SAMPLE_DATA, TINY_SAM, randomise
 
 from adapt3d import load_core
 from adapt3d.cli import main
@@ -35,7 +35,7 @@ from adapt3d.train.pseudolabel import (
 from adapt3d.train.pseudolabel.seggpt import foreground_score
 from adapt3d.tuners import AdapterConfig, add_adapters, save_adapter
 
-CORD = SHARED_DATA / "Dataset003_SpinalCordMR"
+CORD = SAMPLE_DATA / "Dataset003_SpinalCordMR"
 
 
 def _oracle(image, sparse, classes, *, truth, false_positives=None):

@@ -1,5 +1,5 @@
 """The 2D SAM core (parity with PyPI ``segment-anything``, official checkpoint layout, LoRA export)
-and the slice-wise evaluation protocol on real shared volumes."""
+and the slice-wise evaluation protocol on real embedded sample volumes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from tiny import SHARED_DATA, TINY_SAM, randomise
+from tiny import SAMPLE_DATA, TINY_SAM, randomise
 from torch import nn
 
 from adapt3d import load_core
@@ -47,8 +47,8 @@ PTS_XY = torch.tensor([[[10.0, 20.0], [40.0, 5.0], [33.0, 60.0]]])  # segment-an
 LABELS = torch.tensor([[1, 0, 1]])
 BOX_XY = torch.tensor([[5.0, 6.0, 40.0, 50.0]])
 MASK_IN = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(2))
-MR = SHARED_DATA / "Dataset002_TotalSegExampleMR"
-CORD = SHARED_DATA / "Dataset003_SpinalCordMR"
+MR = SAMPLE_DATA / "Dataset002_TotalSegExampleMR"
+CORD = SAMPLE_DATA / "Dataset003_SpinalCordMR"
 
 
 def reference_modules() -> types.ModuleType:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import SHARED_DATA, TINY_SAM, randomise
+from tiny import SAMPLE_DATA, TINY_SAM, randomise
 
 from adapt3d.config import build_dataclass
 from adapt3d.cores import load_core, save_core
@@ -25,7 +25,7 @@ from adapt3d.cores.segvol.zoom import segment_volume, segvol_normalise, zoom_out
 from adapt3d.data.nifti import load_volume
 from adapt3d.errors import CheckpointError, ConfigError, InputError
 
-MR_IMAGE = SHARED_DATA / "Dataset002_TotalSegExampleMR" / "imagesTr" / "ts_mr_sm_0000.nii.gz"
+MR_IMAGE = SAMPLE_DATA / "Dataset002_TotalSegExampleMR" / "imagesTr" / "ts_mr_sm_0000.nii.gz"
 WORDS = ["a", "an", "of", "computerized", "tomography", "magnetic", "resonance", "image", "ultrasound",
          "liver", "tumour", "."]
 TINY = {
@@ -206,7 +206,7 @@ def test_text_prompts(tokenizer_dir: tuple[Path, int]) -> None:
 
 
 def test_class_names_and_tokenizer_errors(tmp_path: Path) -> None:
-    labels = json.loads((SHARED_DATA / "Dataset004_BrainTumourMR" / "dataset.json").read_text())["labels"]
+    labels = json.loads((SAMPLE_DATA / "Dataset004_BrainTumourMR" / "dataset.json").read_text())["labels"]
     assert check_class_names(["tumour"], labels) == ["tumour"]
     with pytest.raises(ConfigError) as exc:
         check_class_names(["tumor"], labels)
@@ -305,7 +305,7 @@ def test_segvol_n_click_protocol_with_text_prompts(tokenizer_dir: tuple[Path, in
     directory, vocab = tokenizer_dir
     model = _tiny(vocab_size=vocab, seed=5)
     model.set_tokenizer(directory)
-    ds = read_dataset(SHARED_DATA / "Dataset004_BrainTumourMR")
+    ds = read_dataset(SAMPLE_DATA / "Dataset004_BrainTumourMR")
     items, _ = list_items(ds, min_voxels=100)
     protocol = Protocol(clicks=(1, 2))
     record = evaluate_items_segvol(model, items, "MR", protocol, text=True)

@@ -23,8 +23,8 @@ from adapt3d.errors import ConfigError, InputError
 SPINE = "Dataset003_SpinalCordMR"
 
 
-def spine_case(shared_data: Path, case: str = "sct_t1w") -> tuple[Volume, Volume]:
-    root = shared_data / SPINE
+def spine_case(sample_data: Path, case: str = "sct_t1w") -> tuple[Volume, Volume]:
+    root = sample_data / SPINE
     return load_volume(root / "imagesTr" / f"{case}_0000.nii.gz"), load_volume(root / "labelsTr" / f"{case}.nii.gz", kind="label")
 
 
@@ -77,8 +77,8 @@ def test_probe_sides_follow_the_orientation():
     assert mask(ras, "A")[10, 15, 12] and not mask(ras, "A")[10, 2, 0]  # apex at voxel (9.5, 21.5, 11.5)
 
 
-def test_output_zero_exactly_outside_fan_and_label_aligned(shared_data):
-    image, label = spine_case(shared_data)
+def test_output_zero_exactly_outside_fan_and_label_aligned(sample_data):
+    image, label = spine_case(sample_data)
     params = UltrasoundParams()
     us, cut = simulate_ultrasound(image, label, seed=3, params=params)
     fan = fan_mask(image, params)
@@ -93,8 +93,8 @@ def test_output_zero_exactly_outside_fan_and_label_aligned(shared_data):
     assert label_cut_fractions(label.array, cut.array) == {1: round(outside / np.count_nonzero(label.array == 1), 6)}
 
 
-def test_same_seed_bit_identical_other_seed_differs(shared_data):
-    image, label = spine_case(shared_data, "sct_t2w")
+def test_same_seed_bit_identical_other_seed_differs(sample_data):
+    image, label = spine_case(sample_data, "sct_t2w")
     first, lab1 = simulate_ultrasound(image, label, seed=5)
     again, lab2 = simulate_ultrasound(image, label, seed=5)
     other, lab3 = simulate_ultrasound(image, label, seed=6)
@@ -107,9 +107,9 @@ def test_same_seed_bit_identical_other_seed_differs(shared_data):
     assert np.abs(first.array - other.array)[unclipped].mean() > 10.0
 
 
-def test_label_grid_mismatch_is_refused(shared_data):
-    image, _ = spine_case(shared_data, "sct_t1w")
-    _, other = spine_case(shared_data, "sct_t2w")
+def test_label_grid_mismatch_is_refused(sample_data):
+    image, _ = spine_case(sample_data, "sct_t1w")
+    _, other = spine_case(sample_data, "sct_t2w")
     with pytest.raises(InputError, match="sct_t2w.nii.gz: grid differs"):
         simulate_ultrasound(image, other)
 
@@ -127,8 +127,8 @@ def test_speckle_makes_homogeneous_tissue_grainy():
     assert cv(smooth) < 0.06
 
 
-def test_output_is_not_a_monotone_function_of_the_input(shared_data):
-    image, _ = spine_case(shared_data)
+def test_output_is_not_a_monotone_function_of_the_input(sample_data):
+    image, _ = spine_case(sample_data)
     us, _ = simulate_ultrasound(image)
     fan = us.array > 0
     a, b = image.array[fan], us.array[fan]
@@ -191,8 +191,8 @@ def test_bad_parameters_raise_config_error(params, text):
 # ---------------------------------------------------------------- files and CLI
 
 
-def test_cli_writes_simulated_nnunet_case(shared_data, tmp_path, capsys):
-    root = shared_data / SPINE
+def test_cli_writes_simulated_nnunet_case(sample_data, tmp_path, capsys):
+    root = sample_data / SPINE
     image_path, label_path = root / "imagesTr" / "sct_t1w_0000.nii.gz", root / "labelsTr" / "sct_t1w.nii.gz"
     out = tmp_path / "simUS"
     assert main(["simulate-us", str(image_path), "--label", str(label_path), "--out", str(out), "--seed", "4"]) == 0
@@ -200,7 +200,7 @@ def test_cli_writes_simulated_nnunet_case(shared_data, tmp_path, capsys):
     img, lab = nib.load(out / "imagesTr" / "sct_t1w_0000.nii.gz"), nib.load(out / "labelsTr" / "sct_t1w.nii.gz")
     source = nib.load(image_path)
     assert np.allclose(img.affine, source.affine) and np.allclose(lab.affine, source.affine) and img.shape == source.shape
-    expected, expected_label = simulate_ultrasound(*spine_case(shared_data), seed=4)
+    expected, expected_label = simulate_ultrasound(*spine_case(sample_data), seed=4)
     assert np.array_equal(np.asarray(img.dataobj), expected.array)
     assert np.array_equal(np.asarray(lab.dataobj), expected_label.array)
     info = json.loads((out / "dataset.json").read_text())
@@ -212,16 +212,16 @@ def test_cli_writes_simulated_nnunet_case(shared_data, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["SIMULATED.md", "dataset.json", "imagesTr", "labelsTr"]
 
 
-def test_dataset_conversion_seeds_each_case(shared_data, tmp_path):
-    result = simulate_us_dataset(shared_data / SPINE, tmp_path / "sim", seed=10)
+def test_dataset_conversion_seeds_each_case(sample_data, tmp_path):
+    result = simulate_us_dataset(sample_data / SPINE, tmp_path / "sim", seed=10)
     assert [(c["case"], c["seed"]) for c in result["cases"]] == [("sct_t1w", 10), ("sct_t2w", 11)]
     info = json.loads((tmp_path / "sim" / "dataset.json").read_text())
     assert info["numTraining"] == 2 and info["description"].startswith("SIMULATED ultrasound")
     t2w = nib.load(tmp_path / "sim" / "imagesTr" / "sct_t2w_0000.nii.gz")
-    assert np.array_equal(np.asarray(t2w.dataobj), simulate_ultrasound(spine_case(shared_data, "sct_t2w")[0], seed=11)[0].array)
-    subset = simulate_us_dataset(shared_data / SPINE, tmp_path / "one", seed=10, cases=["sct_t2w"])
+    assert np.array_equal(np.asarray(t2w.dataobj), simulate_ultrasound(spine_case(sample_data, "sct_t2w")[0], seed=11)[0].array)
+    subset = simulate_us_dataset(sample_data / SPINE, tmp_path / "one", seed=10, cases=["sct_t2w"])
     assert subset["cases"][0]["seed"] == 11  # the same seed as in the full conversion
-    assert main(["simulate-us", "--dataset", str(shared_data / SPINE), "--out", str(tmp_path / "cli"), "--cases", "sct_t1w"]) == 0
+    assert main(["simulate-us", "--dataset", str(sample_data / SPINE), "--out", str(tmp_path / "cli"), "--cases", "sct_t1w"]) == 0
     assert sorted(p.name for p in (tmp_path / "cli" / "imagesTr").iterdir()) == ["sct_t1w_0000.nii.gz"]
 
 
@@ -233,21 +233,21 @@ def test_unlabelled_input_gets_background_only(tmp_path, write_nifti):
     assert (tmp_path / "o" / "imagesTr" / "vol_0000.nii.gz").is_file()
 
 
-def _bad_inputs(tmp: Path, write_nifti, shared_data: Path) -> dict[str, tuple[list[str], str]]:
+def _bad_inputs(tmp: Path, write_nifti, sample_data: Path) -> dict[str, tuple[list[str], str]]:
     img = write_nifti(tmp / "img.nii.gz", phantom((20, 20, 20)))
     return {
         "missing": ([str(tmp / "nope.nii.gz")], "nope.nii.gz: file not found"),
         "2d": ([str(write_nifti(tmp / "flat.nii.gz", np.ones((20, 20), np.float32)))], "expected a 3D volume"),
         "4d": ([str(write_nifti(tmp / "4d.nii.gz", np.ones((8, 8, 8, 2), np.float32)))], "expected a 3D volume"),
         "grid": ([str(img), "--label", str(write_nifti(tmp / "lab.nii.gz", np.zeros((20, 20, 19), np.uint8)))], "lab.nii.gz: grid differs"),
-        "both": ([str(img), "--dataset", str(shared_data / SPINE)], "exactly one"),
+        "both": ([str(img), "--dataset", str(sample_data / SPINE)], "exactly one"),
         "axis": ([str(img), "--probe-axis", "z"], "probe_axis"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing", "2d", "4d", "grid", "both", "axis"])
-def test_cli_bad_input_one_line_nothing_written(case, tmp_path, write_nifti, shared_data, capsys):
-    argv, text = _bad_inputs(tmp_path / "src", write_nifti, shared_data)[case]
+def test_cli_bad_input_one_line_nothing_written(case, tmp_path, write_nifti, sample_data, capsys):
+    argv, text = _bad_inputs(tmp_path / "src", write_nifti, sample_data)[case]
     out = tmp_path / "deep" / "out"
     capsys.readouterr()
     rc = main(["simulate-us", *argv, "--out", str(out)])

@@ -1,4 +1,4 @@
-"""Adaptation runs on the real shared datasets with a tiny core: run dir, resume, guard, routing, DDP."""
+"""Adaptation runs on the real embedded sample datasets with a tiny core: run dir, resume, guard, routing, DDP."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tiny import SHARED_DATA, TINY_SAM, randomise
+from tiny import SAMPLE_DATA, TINY_SAM, randomise
 
 from adapt3d import load_core
 from adapt3d.cli import main
@@ -23,8 +23,8 @@ from adapt3d.train.domains import load_domain
 from adapt3d.train.run import run_adaptation
 from adapt3d.tuners import AdapterConfig, ModalityRouter, add_adapters, load_adapter, save_adapter
 
-MR = SHARED_DATA / "Dataset002_TotalSegExampleMR"
-CT = SHARED_DATA / "Dataset001_TotalSegExampleCT"
+MR = SAMPLE_DATA / "Dataset002_TotalSegExampleMR"
+CT = SAMPLE_DATA / "Dataset001_TotalSegExampleCT"
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def test_bad_experiments_fail_with_one_line_and_write_nothing(tmp_path, core_pat
 
 def test_evaluate_cli_on_any_dataset(tmp_path, core_path, capsys):
     out = tmp_path / "eval"
-    rc = main(["evaluate", "--core", str(core_path), "--data", str(SHARED_DATA / "Dataset003_SpinalCordMR"), "--clicks", "1,3", "--out", str(out)])
+    rc = main(["evaluate", "--core", str(core_path), "--data", str(SAMPLE_DATA / "Dataset003_SpinalCordMR"), "--clicks", "1,3", "--out", str(out)])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     dom = metrics["domains"]["SpinalCordMR"]
@@ -235,7 +235,7 @@ def test_evaluate_cli_on_any_dataset(tmp_path, core_path, capsys):
     dices = [r["dice"]["3"] for r in dom["before"]["per_case"]]
     assert dom["before"]["summary"]["3"]["dice"]["mean"] == pytest.approx(float(np.mean(dices)))
     assert "spinal_cord" in capsys.readouterr().out or True
-    assert main(["evaluate", "--core", str(core_path), "--data", str(SHARED_DATA / "Dataset003_SpinalCordMR"), "--out", str(out)]) != 0
+    assert main(["evaluate", "--core", str(core_path), "--data", str(SAMPLE_DATA / "Dataset003_SpinalCordMR"), "--out", str(out)]) != 0
     assert "already there" in capsys.readouterr().err
 
 

@@ -4,7 +4,7 @@ The machinery is tested with :class:`ThresholdOracle`, a deterministic stand-in 
 tiny core segments nothing meaningful): it segments the voxels of its window that are at least
 halfway, in intensity, from the window's darkest voxel to the voxel of its first positive click.
 So a window only comes out right if its (user or propagated) click lies in the object. The test
-object is the real liver mask of the shared TotalSegmentator CT, upsampled ×2 to 1.5 mm, drawn
+object is the real liver mask of the embedded TotalSegmentator CT, upsampled ×2 to 1.5 mm, drawn
 bright (1000) on a dark (100) background; at a 3 mm working spacing it spans 68×62×43 voxels,
 larger than the oracle's 32³ window (96 mm) on every axis.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from tiny import SHARED_DATA, TINY_SAM, randomise
+from tiny import SAMPLE_DATA, TINY_SAM, randomise
 from torch import nn
 from torch.nn import functional as F
 
@@ -33,8 +33,8 @@ from adapt3d.infer import CropPredictor, WholeVolumeConfig, WholeVolumePredictor
 from adapt3d.infer.resampling_policy import ras_spacing
 from adapt3d.infer.whole_volume import BLEND_WEIGHTS
 
-CT_LABEL = SHARED_DATA / "Dataset001_TotalSegExampleCT" / "labelsTr" / "ts_ct.nii.gz"
-BRAIN = SHARED_DATA / "Dataset004_BrainTumourMR" / "imagesTr" / "brain1_0000.nii.gz"
+CT_LABEL = SAMPLE_DATA / "Dataset001_TotalSegExampleCT" / "labelsTr" / "ts_ct.nii.gz"
+BRAIN = SAMPLE_DATA / "Dataset004_BrainTumourMR" / "imagesTr" / "brain1_0000.nii.gz"
 AT_3MM = {"spacing": 3.0, "max_windows": 200}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import SHARED_DATA  # noqa: F401  (one definition, in conftest)
+from conftest import SAMPLE_DATA  # noqa: F401  (one definition, in conftest)
 
 #: A SAM-Med3D-architecture core small enough for unit tests: 32³ input, 4³ token grid,
 #: windows of 3 tokens (so one full and one padded window per axis) and one global block.
