@@ -35,3 +35,9 @@ class OutputError(Adapt3dError):
     """An output location cannot be written."""
 
     exit_code = 5
+
+
+class RunInterrupted(Adapt3dError):
+    """A run was stopped (Ctrl-C) before it finished; its message says how to resume it."""
+
+    exit_code = 130

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -69,13 +71,54 @@ def _finite(obj):
     return obj
 
 
-def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> Path:
-    """Create the run directory; refuse to mix a new run into a finished one."""
-    if (run_dir / "metrics.json").exists() and not (overwrite or resume):
-        raise ConfigError(f"{run_dir}: a finished run is already there (choose another name, or --overwrite)")
+PARTIAL_SUFFIX = ".partial"
+
+
+class RunFinished(Exception):
+    """``--resume`` on a run that has already finished: nothing to do."""
+
+
+def partial_dir(run_dir: Path) -> Path:
+    """Where an unfinished run works: ``<name>.partial`` beside its final folder."""
+    return run_dir.with_name(run_dir.name + PARTIAL_SUFFIX)
+
+
+def claim_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> Path:
+    """The partial folder to work in; refuses to mix runs, before any work is done.
+
+    A finished run has the final name and ``metrics.json``; an unfinished one lives in
+    ``<name>.partial`` until :func:`finish_run_dir`. ``resume`` continues the partial folder;
+    ``overwrite`` starts over (a finished run is replaced only when the new one finishes).
+    """
+    partial = partial_dir(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: exists and is not a directory")
-    return writable_dir(run_dir, "run directory")
+    if resume:
+        if partial.is_dir():
+            return partial
+        if (run_dir / "metrics.json").is_file():
+            raise RunFinished(f"{run_dir}: this run is finished (metrics.json is there): nothing to resume; --overwrite runs it again")
+        raise ConfigError(f"{partial}: no interrupted run to resume (run without --resume to start it)")
+    if partial.exists():
+        if not overwrite:
+            raise ConfigError(f"{partial}: an interrupted run is there: continue it with --resume, or start over with --overwrite")
+        shutil.rmtree(partial)
+    if run_dir.exists() and not overwrite:
+        raise ConfigError(f"{run_dir}: a finished run is already there (choose another name, or --overwrite)")
+    return writable_dir(partial, "run directory")
+
+
+def finish_run_dir(partial: Path, run_dir: Path) -> Path:
+    """Give the finished run its final name (replacing an older run there only now)."""
+    if run_dir.exists():
+        old = run_dir.with_name(run_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(run_dir, old)
+        os.replace(partial, run_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, run_dir)
+    return run_dir
 
 
 def caveats(core_description: str, domains: dict[str, dict]) -> list[str]:

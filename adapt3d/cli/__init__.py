@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-VERBS = ["demo", "ingest", "simulate-us", "adapt", "evaluate", "pseudolabel", "predict", "export", "report"]
+VERBS = ["demo", "ingest", "simulate-us", "config", "adapt", "evaluate", "pseudolabel", "predict", "export", "report"]
 
 
 def _verb_module(name: str):
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted (outputs are written atomically: nothing half-written was left)", file=sys.stderr)
         return 130
 
 

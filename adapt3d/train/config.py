@@ -1,19 +1,36 @@
-"""Experiment configuration: OmegaConf YAML + dotlist overrides, validated into dataclasses."""
+"""Experiment configuration: the typed schema, presets by name, and ``key=value`` overrides.
+
+An experiment is read in layers: the schema's defaults, the YAML file (a section may name a preset
+or a YAML file: ``core: sam-med3d-turbo``, ``adapter: ../my_adapter.yaml``), then each command-line
+override in order (``adapter.rank=8``; ``adapter=lora-r32`` or ``adapter=FILE.yaml`` swaps the whole
+section). Paths in a file are relative to that file; paths on the command line to the working
+directory. Every problem is reported at once (:func:`load_experiment`), before any model work.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.connector import _PRECISION_INPUT_STR
+from lightning.pytorch.accelerators import AcceleratorRegistry
+from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from adapt3d.config import build_dataclass, to_plain
+from adapt3d.config import build_dataclass, check_values, resolve_paths, setting, to_plain, typed_values
 from adapt3d.errors import ConfigError
+from adapt3d.presets import CONFIGS, find_preset, is_yaml_path, read_yaml
 from adapt3d.tuners.config import AdapterConfig
+
+PRECISIONS = typing.get_args(_PRECISION_INPUT_STR)
+STRATEGIES = ("auto", *StrategyRegistry.available_strategies())
+ACCELERATORS = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
+RETENTION_ACTIONS = ("keep-best", "stop", "none")
 
 
 @dataclass(frozen=True)
@@ -28,182 +45,205 @@ class SplitSection:
 class DomainSection:
     """A dataset in nnU-Net raw layout playing one role in the experiment."""
 
-    path: str = ""
-    name: str = ""  # short domain name in reports (default: the dataset folder name)
-    classes: tuple[str, ...] = ()  # empty: every class present
-    modality: str = "auto"  # auto: from dataset.json channel_names
-    simulated: bool = False  # e.g. ultrasound rendered from MRI: reports say "simulated"
-    silver_standard: bool = False  # labels are model predictions, not manual tracings
-    val: SplitSection = field(default_factory=SplitSection)
-    test: SplitSection = field(default_factory=SplitSection)
-    test_fraction: float = 0.3
-    min_voxels: int = 100
+    path: str = setting("", path=True, help="nnU-Net v2 raw dataset folder (dataset.json, imagesTr, labelsTr)")
+    name: str = setting("", help="short domain name in reports (default: the dataset folder name)")
+    classes: tuple[str, ...] = setting((), help="class names of dataset.json to use (empty: every class present)")
+    modality: str = setting("auto", help="auto (from dataset.json channel_names), CT, MR or US")
+    simulated: bool = setting(False, help="e.g. ultrasound rendered from MRI: reports say SIMULATED")
+    silver_standard: bool = setting(False, help="labels are model predictions, not manual tracings")
+    val: SplitSection = setting(factory=SplitSection)
+    test: SplitSection = setting(factory=SplitSection)
+    test_fraction: float = setting(0.3, ge=0.0, lt=1.0, help="fraction of whole cases held out when no test split is declared")
+    min_voxels: int = setting(100, ge=1, help="objects smaller than this are skipped (and listed)")
 
 
 @dataclass(frozen=True)
 class CoreSection:
-    name: str = "sam-med3d"
-    checkpoint: str | None = None
-    arch: dict = field(default_factory=dict)  # architecture overrides (small cores)
-    description: str = ""  # what the core was trained on: stated in every report
+    name: str = setting("sam-med3d", help="core registry name: sam-med3d, segvol, sam2d")
+    checkpoint: str | None = setting(None, path=True, help="official checkpoint, state dict or safetensors (none: random weights)")
+    arch: dict = setting(factory=dict, help="architecture overrides (small cores)")
+    description: str = setting("", help="what the core was trained on: stated in every report")
 
 
 @dataclass(frozen=True)
 class DataSection:
-    target: DomainSection = field(default_factory=DomainSection)
-    reference: DomainSection | None = None  # the CT set for Dice retention
-    target_spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
-    normalization: str = "sam-med3d"
+    target: DomainSection = setting(factory=DomainSection)
+    reference: DomainSection | None = setting(None, help="the CT set for Dice retention")
+    target_spacing: tuple[float, float, float] | None = setting(
+        None, each_gt=0.0, help="working spacing in mm (default: the core's own preprocessing)")
+    normalization: str | None = setting(None, help="intensity normalisation (default: the core's own preprocessing)")
 
 
 @dataclass(frozen=True)
 class TrainSection:
-    epochs: int = 10
-    samples_per_item: int = 4  # random crops per item and epoch
-    batch_size: int = 2
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 10
-    click_rounds: int = 5  # iterative click rounds per volume, as SAM-Med3D trains
-    click_simulator: str = "random"
-    jitter: float = 0.1  # crop-centre jitter, fraction of the crop side (SAM-Med3D trains on object-centred crops)
-    augment: bool = True
-    precision: str = "32-true"  # or bf16-mixed
-    grad_checkpointing: bool = False
-    accelerator: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"  # ddp for multi-GPU / multi-node
-    num_workers: int = 0
-    checkpoint_every_n_epochs: int = 1
+    epochs: int = setting(10, ge=1)
+    samples_per_item: int = setting(4, ge=1, help="random crops per item and epoch")
+    batch_size: int = setting(2, ge=1)
+    lr: float = setting(1e-3, gt=0.0)
+    weight_decay: float = setting(0.01, ge=0.0)
+    warmup_steps: int = setting(10, ge=0)
+    click_rounds: int = setting(5, ge=1, help="iterative click rounds per volume, as SAM-Med3D trains")
+    click_simulator: str = setting("random")
+    jitter: float = setting(0.1, ge=0.0, lt=1.0, help="crop-centre jitter, fraction of the crop side")
+    augment: bool = setting(True)
+    precision: str = setting("32-true", choices=PRECISIONS, help="32-true, or bf16-mixed on GPUs")
+    grad_checkpointing: bool = setting(False)
+    accelerator: str = setting("auto", choices=ACCELERATORS)
+    devices: int = setting(1, ge=1)
+    num_nodes: int = setting(1, ge=1)
+    strategy: str = setting("auto", choices=STRATEGIES, help="ddp for multi-GPU / multi-node")
+    num_workers: int = setting(0, ge=0)
+    checkpoint_every_n_epochs: int = setting(1, ge=1)
 
 
 @dataclass(frozen=True)
 class EvalSection:
-    clicks: tuple[int, ...] = (1, 3, 5, 10)
-    simulator: str = "center"
-    nsd_tolerance_mm: float = 2.0
-    every_n_epochs: int = 1  # validation (target val Dice + CT retention)
-    val_clicks: tuple[int, ...] = (1, 5)
-    save_predictions: bool = True
+    clicks: tuple[int, ...] = setting((1, 3, 5, 10), each_ge=1, non_empty=True)
+    simulator: str = setting("center")
+    nsd_tolerance_mm: float = setting(2.0, gt=0.0)
+    every_n_epochs: int = setting(1, ge=1, help="validation (target val Dice + CT retention)")
+    val_clicks: tuple[int, ...] = setting((1, 5), each_ge=1, non_empty=True)
+    save_predictions: bool = setting(True)
 
 
 @dataclass(frozen=True)
 class RetentionSection:
-    clicks: int = 1  # click count at which retention is measured during training
-    threshold: float = 0.0  # guard: retention below this triggers the action
-    action: str = "keep-best"  # keep-best | stop | none
-
-    def __post_init__(self) -> None:
-        if self.action not in ("keep-best", "stop", "none"):
-            raise ValueError(f"retention.action must be keep-best, stop or none, not {self.action!r}")
+    clicks: int = setting(1, ge=1, help="click count at which retention is measured during training")
+    threshold: float = setting(0.0, ge=0.0, help="guard: retention below this triggers the action")
+    action: str = setting("keep-best", choices=RETENTION_ACTIONS)
 
 
 @dataclass(frozen=True)
 class ContextHeadSection:
     enabled: bool = False
-    base_crops: int = 4
-    random_crops: int = 4
-    momentum: float = 0.9
-    weight: float = 0.1
-    projection_dim: int = 128
-    pretrain_epochs: int = 0  # > 0: a context-only stage before the segmentation training
+    base_crops: int = setting(4, ge=1)
+    random_crops: int = setting(4, ge=1)
+    momentum: float = setting(0.9, ge=0.0, lt=1.0)
+    weight: float = setting(0.1, ge=0.0)
+    projection_dim: int = setting(128, ge=1)
+    pretrain_epochs: int = setting(0, ge=0, help="> 0: a context-only stage before the segmentation training")
 
 
 @dataclass(frozen=True)
 class PseudoLabelSection:
     enabled: bool = False
-    path: str = ""  # an nnU-Net dataset of pseudo-labels ("ignore" label = unknown), from `adapt3d pseudolabel`
-    mode: str = "add"  # add: train on the target's items and the pseudo-labels; replace: pseudo-labels only
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("add", "replace"):
-            raise ValueError(f"pseudolabel.mode must be add or replace, not {self.mode!r}")
+    path: str = setting("", path=True, help="an nnU-Net dataset of pseudo-labels, from `adapt3d pseudolabel`")
+    mode: str = setting("add", choices=("add", "replace"), help="add to the target's items, or replace them")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str = "run"
+    name: str = setting("run", help="run name: the run directory is <output_dir>/<name>")
     seed: int = 0
-    output_dir: str = "runs"
-    core: CoreSection = field(default_factory=CoreSection)
-    adapter: dict = field(default_factory=dict)  # AdapterConfig fields
-    data: DataSection = field(default_factory=DataSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    eval: EvalSection = field(default_factory=EvalSection)
-    retention: RetentionSection = field(default_factory=RetentionSection)
-    context_head: ContextHeadSection = field(default_factory=ContextHeadSection)
-    pseudolabel: PseudoLabelSection = field(default_factory=PseudoLabelSection)
-
-    @property
-    def adapter_config(self) -> AdapterConfig:
-        return AdapterConfig.from_dict(self.adapter, where="adapter")
+    output_dir: str = setting("runs", help="where runs are written (relative to the working directory)")
+    core: CoreSection = setting(factory=CoreSection)
+    adapter: AdapterConfig = setting(factory=AdapterConfig)
+    data: DataSection = setting(factory=DataSection)
+    train: TrainSection = setting(factory=TrainSection)
+    eval: EvalSection = setting(factory=EvalSection)
+    retention: RetentionSection = setting(factory=RetentionSection)
+    context_head: ContextHeadSection = setting(factory=ContextHeadSection)
+    pseudolabel: PseudoLabelSection = setting(factory=PseudoLabelSection)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
 
-def load_experiment(path: str | os.PathLike | None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read a YAML experiment (or start from defaults), apply ``key=value`` overrides, validate.
+#: top-level sections that may name a preset or a YAML file (presets: configs/<section>/<name>.yaml)
+INCLUDABLE = ("core", "adapter", "data", "train", "eval", "retention", "context_head", "pseudolabel")
+_SECTION_TYPES = typing.get_type_hints(ExperimentConfig)
 
-    Relative data/checkpoint paths in the file are resolved against the file's folder.
-    """
-    base: Any = OmegaConf.create({})
-    if path is not None:
-        path = Path(path)
-        base = _read_yaml(path)
-        for section in INCLUDABLE:  # `core: ../core/demo-tiny.yaml` includes that file as the section
-            value = base.get(section)
-            if isinstance(value, str) and value.endswith((".yaml", ".yml")):
-                base[section] = _read_yaml((path.parent / value).resolve())
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. adapter.rank=8)")
+
+def experiment_file(name_or_path: str | os.PathLike, cwd: Path | None = None) -> Path:
+    """The YAML file of ``--config``: a path, or the name of a packaged experiment preset."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else (cwd or Path.cwd()) / path
+    if path.is_file() or is_yaml_path(text) or os.sep in text:
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        return path.resolve()
+    return find_preset("experiment", text, CONFIGS, "--config")
+
+
+def _section(name: str, value: str, base: Path, where: str) -> dict:
+    """The settings of section ``name`` read from the preset or YAML file ``value`` names."""
+    path = find_preset(name, value, base, where)
+    values = read_yaml(path)
+    return resolve_paths(_SECTION_TYPES[name], values, path.parent)
+
+
+def _file_layer(path: Path) -> dict:
+    values = read_yaml(path)
+    for name in INCLUDABLE:
+        if isinstance(values.get(name), str):
+            values[name] = _section(name, values[name], path.parent, f"{path}: {name}")
+    return resolve_paths(ExperimentConfig, values, path.parent)
+
+
+def _merge(into: dict, layer: dict) -> dict:
+    out = dict(into)
+    for key, value in layer.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _override_layer(item: str, cwd: Path) -> tuple[dict, bool]:
+    """One ``key=value`` as a layer, and whether it replaces its whole section."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. adapter.rank=8)")
+    key = key.strip()
+    if key in INCLUDABLE and raw and not raw.lstrip().startswith("{"):
+        return {key: _section(key, raw.strip(), cwd, f"override {item!r}")}, True
     try:
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
-        values = OmegaConf.to_container(merged, resolve=True)
+        layer = OmegaConf.to_container(OmegaConf.from_dotlist([item]), resolve=True)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"config: {str(exc).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
-    cfg = build_dataclass(ExperimentConfig, values, where=str(path) if path else "config")
-    cfg.adapter_config  # validate the adapter section now  # noqa: B018
+        raise ConfigError(f"override {item!r}: {str(exc).splitlines()[0]}") from None
+    return resolve_paths(ExperimentConfig, layer, cwd), False  # type: ignore[arg-type]
+
+
+def experiment_values(path: str | os.PathLike | None, overrides: list[str] = (), *, cwd: Path | None = None) -> tuple[dict, str]:
+    """The merged (not yet checked) settings of a file and overrides, and a name for messages."""
+    cwd = Path(cwd or Path.cwd())
+    values: dict = {}
+    where = "config"
     if path is not None:
-        cfg = _resolve_paths(cfg, path.parent)
-    return cfg
+        file = experiment_file(path, cwd)
+        values, where = _file_layer(file), str(file)
+    problems = []
+    for item in overrides:
+        try:
+            layer, replaces = _override_layer(item, cwd)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        values = {**values, **layer} if replaces else _merge(values, layer)
+    if problems:
+        raise ConfigError(problem_summary(where, problems))
+    return values, where
 
 
-#: top-level sections that may name a YAML file to include (configs/core, configs/adapter)
-INCLUDABLE = ("core", "adapter", "train", "eval", "retention", "context_head")
+def problem_summary(where: str, problems: list[str]) -> str:
+    """One line per problem under a header line naming the config."""
+    if len(problems) == 1:
+        return problems[0] if problems[0].startswith(where) else f"{where}: {problems[0]}"
+    return f"{where}: {len(problems)} problems\n" + "\n".join(f"  {p}" for p in problems)
 
 
-def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        return OmegaConf.load(path)
-    except Exception as exc:
-        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+def load_experiment(path: str | os.PathLike | None, overrides: list[str] = (), *, cwd: Path | None = None) -> ExperimentConfig:
+    """Read an experiment (file or preset name, or defaults), apply overrides, check the schema.
 
-
-def _resolve_paths(cfg: ExperimentConfig, folder: Path) -> ExperimentConfig:
-    import dataclasses
-
-    def fix(p: str | None) -> str | None:
-        if not p:
-            return p
-        q = Path(os.path.expanduser(p))
-        return str(q if q.is_absolute() else (folder / q).resolve())
-
-    data = cfg.data
-    target = dataclasses.replace(data.target, path=fix(data.target.path) or "")
-    reference = dataclasses.replace(data.reference, path=fix(data.reference.path) or "") if data.reference else None
-    core = dataclasses.replace(cfg.core, checkpoint=fix(cfg.core.checkpoint))
-    pseudo = dataclasses.replace(cfg.pseudolabel, path=fix(cfg.pseudolabel.path) or "")
-    return dataclasses.replace(
-        cfg, data=dataclasses.replace(data, target=target, reference=reference), core=core, pseudolabel=pseudo
-    )
+    Every unknown key, wrongly typed value and broken rule is reported at once in one
+    :class:`ConfigError` (one line each). Data, checkpoints, classes and targets are checked by
+    :func:`adapt3d.train.checks.check_experiment`.
+    """
+    values, where = experiment_values(path, list(overrides), cwd=cwd)
+    problems = check_values(ExperimentConfig, values)
+    if problems:
+        raise ConfigError(problem_summary(where, problems))
+    return build_dataclass(ExperimentConfig, typed_values(ExperimentConfig, values), where)
 
 
 def config_yaml(cfg: ExperimentConfig) -> str:

@@ -163,14 +163,14 @@ class ContextHead(nn.Module):
         self.ema = dict(state.get("ema", {}))
 
 
-def context_loss_for(model, cfg, target) -> ContextHead:
+def context_loss_for(model, cfg, target, protocol) -> ContextHead:
     """The context head of an experiment: on the target's unlabelled volumes, else all its images."""
     ch = cfg.context_head
     cases = target.dataset.unlabelled or [i.case for i in target.split.train]
     cases = list(dict.fromkeys(cases))
     dim = model.core.config.prompt_dim if hasattr(model.core.config, "prompt_dim") else model.core.config.embed_dim
     return ContextHead(
-        cases, target.modality, feature_dim=dim, size=model.image_size, target_spacing=tuple(cfg.data.target_spacing),
-        normalization=cfg.data.normalization, base_crops=ch.base_crops, random_crops=ch.random_crops,
+        cases, target.modality, feature_dim=dim, size=model.image_size, target_spacing=protocol.target_spacing,
+        normalization=protocol.normalization, base_crops=ch.base_crops, random_crops=ch.random_crops,
         momentum=ch.momentum, weight=ch.weight, projection_dim=ch.projection_dim, seed=cfg.seed,
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from adapt3d.atomic import atomic_file
-from adapt3d.config import build_dataclass
+from adapt3d.config import build_dataclass, setting
 from adapt3d.errors import ConfigError
 
 #: Adapter methods, in the order the docs list them.
@@ -47,12 +47,12 @@ class AdapterConfig:
     name        adapter name (several named adapters can sit side by side on one core).
     """
 
-    method: str = "lora"
-    rank: int = 32
-    alpha: float = 32.0
-    dropout: float = 0.0
+    method: str = setting("lora", choices=METHOD_NAMES)
+    rank: int = setting(32, ge=1)
+    alpha: float = setting(32.0, gt=0.0)
+    dropout: float = setting(0.0, ge=0.0, lt=1.0)
     targets: tuple[str, ...] = ()
-    qkv_slices: str = "qkv"
+    qkv_slices: str = setting("qkv", choices=("qkv", "qv"))
     scale: float = 0.1
     name: str = "default"
 

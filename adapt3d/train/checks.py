@@ -1,0 +1,104 @@
+"""Checks of a whole experiment against the file system and the registries, before any model work.
+
+:func:`check_experiment` lists every problem (one line each, naming the key): missing datasets or
+checkpoint, class names and case ids that the dataset does not have, adapter targets the core does
+not know, unknown registry names. It reads ``dataset.json`` and file names only (seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+
+from adapt3d.errors import Adapt3dError
+from adapt3d.train.config import DomainSection, ExperimentConfig
+
+
+def _names(problems: list[str], key: str, given: tuple[str, ...], valid: list[str], what: str, where: Path) -> None:
+    for name in given:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{key}: {what} {name!r} is not in {where}{hint}")
+
+
+def _domain(problems: list[str], key: str, section: DomainSection | None, *, required: bool) -> None:
+    from adapt3d.data.nnunet import normalise_modality, scan_dataset
+
+    if section is None:
+        return
+    if not section.path:
+        if required:
+            problems.append(f"{key}.path: not set (an nnU-Net v2 raw dataset folder)")
+        return
+    root = Path(section.path)
+    if not (root / "dataset.json").is_file():
+        problems.append(f"{key}.path: {root} is not an nnU-Net raw dataset (no dataset.json)" if root.is_dir()
+                        else f"{key}.path: {root} not found")
+        return
+    try:
+        ds, found = scan_dataset(root)
+    except Adapt3dError as exc:
+        problems.append(f"{key}.path: {exc}")
+        return
+    problems += [f"{key}.path: {root}: {p}" for p in found]
+    classes = sorted(ds.classes)
+    labels = root / "dataset.json"
+    _names(problems, f"{key}.classes", section.classes, classes, "class", labels)
+    cases = sorted({c.case_id for c in ds.labelled} | {c.case_id for c in ds.test if c.label_path is not None})
+    for split in ("val", "test"):
+        rule = getattr(section, split)
+        _names(problems, f"{key}.{split}.classes", rule.classes, classes, "class", labels)
+        _names(problems, f"{key}.{split}.cases", rule.cases, cases, "labelled case", root)
+    if section.modality != "auto":
+        try:
+            normalise_modality(section.modality)
+        except Adapt3dError as exc:
+            problems.append(f"{key}.modality: {exc}")
+
+
+def _registry(problems: list[str], key: str, registry, name: str | None) -> None:
+    if name is not None and name not in registry:
+        problems.append(f"{key}: {registry.unknown_message(name)}")
+
+
+def check_experiment(cfg: ExperimentConfig) -> list[str]:
+    """Every problem of ``cfg`` that the schema cannot see, one line each (empty: all good)."""
+    from adapt3d.config import check_values
+    from adapt3d.cores.registry import CORES
+    from adapt3d.data.preprocess import NORMALISERS
+    from adapt3d.prompts.clicks import CLICK_SIMULATORS
+    from adapt3d.tuners.targets import TARGET_TABLES
+
+    problems: list[str] = []
+    _registry(problems, "core.name", CORES, cfg.core.name)
+    if cfg.core.name in CORES:
+        spec = CORES.get(cfg.core.name)
+        problems += [p.replace("config: ", "core.arch: ") for p in check_values(spec.config_cls, cfg.core.arch, "core.arch.")]
+        table = TARGET_TABLES.get(cfg.core.name) if cfg.core.name in TARGET_TABLES else None
+        if table is not None:
+            valid = sorted(table.names)
+            for target in cfg.adapter.targets:
+                if target not in table.names and not any(ch in target for ch in "*?["):
+                    close = difflib.get_close_matches(target, valid, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    problems.append(f"adapter.targets: {target!r} is not a target of {cfg.core.name}{hint}; "
+                                    f"valid: {', '.join(valid)} (or a glob over module names)")
+    if cfg.core.checkpoint and not Path(cfg.core.checkpoint).is_file():
+        problems.append(f"core.checkpoint: {cfg.core.checkpoint} not found")
+    if cfg.adapter.method == "none":
+        problems.append("adapter.method: none trains nothing (use 'adapt3d evaluate' for the frozen core)")
+    _domain(problems, "data.target", cfg.data.target, required=True)
+    _domain(problems, "data.reference", cfg.data.reference, required=False)
+    _registry(problems, "data.normalization", NORMALISERS, cfg.data.normalization)
+    _registry(problems, "train.click_simulator", CLICK_SIMULATORS, cfg.train.click_simulator)
+    _registry(problems, "eval.simulator", CLICK_SIMULATORS, cfg.eval.simulator)
+    if cfg.pseudolabel.enabled:
+        if not cfg.pseudolabel.path:
+            problems.append("pseudolabel.path: not set while pseudolabel.enabled is true")
+        else:
+            _domain(problems, "pseudolabel", dataclasses.replace(DomainSection(), path=cfg.pseudolabel.path), required=True)
+    if cfg.train.devices > 1 and cfg.train.strategy == "auto":
+        problems.append("train.strategy: set ddp (or another multi-device strategy) when train.devices > 1")
+    return problems
