@@ -325,15 +325,22 @@ def test_all_problems_reported_at_once(nnunet_dataset, tmp_path, capsys, write_n
 
 
 def test_unwritable_output_dir(nnunet_dataset, tmp_path, capsys):
+    """An existing folder the user cannot write to: exit code 5, one line, nothing written.
+
+    Root ignores permission bits, so for root the folder is a procfs one (/proc/self), which no
+    user may create files in.
+    """
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as root: chmod does not make the folder read-only")
-        assert main(["ingest", str(nnunet_dataset), "--out", str(locked / "card.yaml")]) == 5
-        assert "output directory is not writable" in capsys.readouterr().err
-        assert list(locked.iterdir()) == []
+        target = locked if not os.access(locked, os.W_OK) else Path("/proc/self")
+        assert target.is_dir() and not os.access(target, os.W_OK)
+        before = sorted(p.name for p in target.iterdir())
+        assert main(["ingest", str(nnunet_dataset), "--out", str(target / "card.yaml")]) == 5
+        assert capsys.readouterr().err.strip() == f"error: {target}: output directory is not writable"
+        assert sorted(p.name for p in target.iterdir()) == before
+        assert not (target / "card.yaml").exists()
     finally:
         locked.chmod(0o755)
 
