@@ -221,6 +221,23 @@ def test_dataset_json_keys_regions_and_channels(nnunet_dataset, tmp_path, capsys
     )
 
 
+def test_ingest_warns_once_naming_each_unlabelled_training_image(nnunet_dataset, tmp_path, capsys, write_nifti):
+    """imagesTr images without a label stay unlabelled cases; one stderr line names each of them."""
+    rng = np.random.default_rng(1)
+    write_nifti(nnunet_dataset / "imagesTr" / "case_d_0000.nii.gz", rng.normal(size=TINY_SHAPE).astype(np.float32))
+    card = ingest_ok(nnunet_dataset, tmp_path / "card.yaml")
+    assert card["counts"]["unlabelled"] == 3  # case_c, case_d (imagesTr) and case_t (imagesTs)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "warning: Dataset900_Tiny: 2 imagesTr images without a label in labelsTr, kept as unlabelled cases: case_c, case_d"
+    ]
+
+
+def test_ingest_without_unlabelled_training_images_prints_no_warning(sample_data, tmp_path, capsys):
+    ingest_ok(sample_data / "Dataset003_SpinalCordMR", tmp_path / "sc.yaml")
+    assert capsys.readouterr().err == ""
+
+
 def test_unlabelled_image_ok_but_label_without_image_fails(nnunet_dataset, tmp_path, capsys, write_nifti):
     assert read_dataset(nnunet_dataset).unlabelled[0].case_id == "case_c"
     write_nifti(nnunet_dataset / "labelsTr" / "ghost.nii.gz", np.ones(TINY_SHAPE, np.uint8))
