@@ -113,6 +113,7 @@ def build_demo_core(*, out: Path = DEMO_CORE, overrides: list[str] = ()) -> Path
     import lightning as L
 
     from adapt3d.cores import load_core
+    from adapt3d.cores.preprocessing import Preprocessing
     from adapt3d.train.config import load_experiment
     from adapt3d.train.run import run_adaptation
     from adapt3d.tuners import export_merged, load_adapter
@@ -123,6 +124,7 @@ def build_demo_core(*, out: Path = DEMO_CORE, overrides: list[str] = ()) -> Path
     run = run_adaptation(cfg, overwrite=True)
     L.seed_everything(cfg.seed, verbose=False)  # the same random initialisation the run started from
     init = load_core(cfg.core.name, None, **cfg.core.arch)
+    init.preprocessing = Preprocessing(init.image_size, tuple(cfg.data.target_spacing), cfg.data.normalization)  # as trained
     path = export_merged(load_adapter(init, run / "adapter"), out, fmt="safetensors").path
     shutil.copy(run / "metrics.json", out.parent / "demo_core_metrics.json")
     (out.parent / "DEMO_CORE.md").write_text(_core_card(json.loads((run / "metrics.json").read_text())))
@@ -147,6 +149,8 @@ def _core_card(metrics: dict) -> str:
         f"- data: ONE CT volume, {dom['dataset']} (TotalSegmentator example CT, silver-standard labels),",
         f"  {len(dom['split']['train'])} organs for training; {len(dom['split']['test'])} organs held out",
         f"  ({', '.join(i.split('/')[1] for i in dom['split']['test'])}) — the demo's CT retention set.",
+        "- preprocessing, stored in the checkpoint's metadata and used by `adapt3d evaluate` / `predict` /",
+        "  `pseudolabel` unless a flag overrides it: 64³ crops at 3 mm, `sam-med3d` normalisation.",
         "",
         "N-click Dice (×100) on the held-out CT organs, random initialisation (before) and trained (after):",
         "",

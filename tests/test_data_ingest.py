@@ -221,6 +221,23 @@ def test_dataset_json_keys_regions_and_channels(nnunet_dataset, tmp_path, capsys
     )
 
 
+def test_ingest_warns_once_naming_each_unlabelled_training_image(nnunet_dataset, tmp_path, capsys, write_nifti):
+    """imagesTr images without a label stay unlabelled cases; one stderr line names each of them."""
+    rng = np.random.default_rng(1)
+    write_nifti(nnunet_dataset / "imagesTr" / "case_d_0000.nii.gz", rng.normal(size=TINY_SHAPE).astype(np.float32))
+    card = ingest_ok(nnunet_dataset, tmp_path / "card.yaml")
+    assert card["counts"]["unlabelled"] == 3  # case_c, case_d (imagesTr) and case_t (imagesTs)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "warning: Dataset900_Tiny: 2 imagesTr images without a label in labelsTr, kept as unlabelled cases: case_c, case_d"
+    ]
+
+
+def test_ingest_without_unlabelled_training_images_prints_no_warning(sample_data, tmp_path, capsys):
+    ingest_ok(sample_data / "Dataset003_SpinalCordMR", tmp_path / "sc.yaml")
+    assert capsys.readouterr().err == ""
+
+
 def test_unlabelled_image_ok_but_label_without_image_fails(nnunet_dataset, tmp_path, capsys, write_nifti):
     assert read_dataset(nnunet_dataset).unlabelled[0].case_id == "case_c"
     write_nifti(nnunet_dataset / "labelsTr" / "ghost.nii.gz", np.ones(TINY_SHAPE, np.uint8))
@@ -325,15 +342,22 @@ def test_all_problems_reported_at_once(nnunet_dataset, tmp_path, capsys, write_n
 
 
 def test_unwritable_output_dir(nnunet_dataset, tmp_path, capsys):
+    """An existing folder the user cannot write to: exit code 5, one line, nothing written.
+
+    Root ignores permission bits, so for root the folder is a procfs one (/proc/self), which no
+    user may create files in.
+    """
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as root: chmod does not make the folder read-only")
-        assert main(["ingest", str(nnunet_dataset), "--out", str(locked / "card.yaml")]) == 5
-        assert "output directory is not writable" in capsys.readouterr().err
-        assert list(locked.iterdir()) == []
+        target = locked if not os.access(locked, os.W_OK) else Path("/proc/self")
+        assert target.is_dir() and not os.access(target, os.W_OK)
+        before = sorted(p.name for p in target.iterdir())
+        assert main(["ingest", str(nnunet_dataset), "--out", str(target / "card.yaml")]) == 5
+        assert capsys.readouterr().err.strip() == f"error: {target}: output directory is not writable"
+        assert sorted(p.name for p in target.iterdir()) == before
+        assert not (target / "card.yaml").exists()
     finally:
         locked.chmod(0o755)
 

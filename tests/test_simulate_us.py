@@ -164,15 +164,6 @@ def test_depth_attenuation_and_time_gain_compensation(tgc, db_cm_mhz, mhz):
     assert slope == pytest.approx(expected, abs=0.05)
 
 
-def test_reasonably_fast_on_128x128x64():
-    import time
-
-    array = np.random.default_rng(0).normal(100, 20, (128, 128, 64)).astype(np.float32)
-    start = time.perf_counter()
-    render(array, affine=np.diag([1.0, 1.0, 2.0, 1.0]))
-    assert time.perf_counter() - start < 8.0
-
-
 @pytest.mark.parametrize(
     ("params", "text"),
     [

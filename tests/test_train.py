@@ -234,7 +234,10 @@ def test_evaluate_cli_on_any_dataset(tmp_path, core_path, capsys):
     assert dom["after"] is None and len(dom["before"]["per_case"]) == 2
     dices = [r["dice"]["3"] for r in dom["before"]["per_case"]]
     assert dom["before"]["summary"]["3"]["dice"]["mean"] == pytest.approx(float(np.mean(dices)))
-    assert "spinal_cord" in capsys.readouterr().out or True
+    printed = capsys.readouterr().out.splitlines()
+    row = next(line for line in printed if line.startswith("SpinalCordMR"))
+    assert row.split()[1] == "before" and f"{100 * dom['before']['summary']['3']['dice']['mean']:.1f}" in row.split()
+    assert printed[-1] == f"run directory: {out}"
     assert main(["evaluate", "--core", str(core_path), "--data", str(SAMPLE_DATA / "Dataset003_SpinalCordMR"), "--out", str(out)]) != 0
     assert "already there" in capsys.readouterr().err
 

@@ -12,6 +12,9 @@ the object's deepest interior point, each next click at the centre of the larges
 (positive for a miss, negative for a false positive), the previous low-res mask fed back. Dice
 and NSD are computed on the input grid, per class, per case, as mean ± sd at each click count.
 
+Images are resampled and normalised as the core's checkpoint says (its stored preprocessing,
+else the core's published one: SAM-Med3D 1.5 mm); --spacing / --normalization override it.
+
 Without --adapter the frozen core is evaluated; with it, both the frozen core ("before") and
 the adapted model ("after"). Writes OUT/metrics.json, env.json and predictions/ (open the
 masks in 3D Slicer / ITK-SNAP over the images); `adapt3d report OUT` turns it into a report.
@@ -35,6 +38,24 @@ def _ints(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: click counts must be ≥ 1")
     return values
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"spacing {text!r} must be one or three numbers in mm, e.g. 1.5 or 1.5,1.5,3") from None
+    if len(values) not in (1, 3) or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"spacing {text!r} must be one or three positive numbers in mm")
+    return values * 3 if len(values) == 1 else values  # type: ignore[return-value]
+
+
+def _normalization(text: str) -> str:
+    from adapt3d.data.preprocess import NORMALISERS
+
+    if text not in NORMALISERS:
+        raise argparse.ArgumentTypeError(f"unknown normalisation {text!r}; valid: {', '.join(NORMALISERS.names())}")
+    return text
 
 
 def _axis(text: str) -> int:
@@ -63,6 +84,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", action="store_true",
                    help="SegVol: also prompt with the class names of dataset.json (adds click count 0: text alone)")
     p.add_argument("--tokenizer", metavar="DIR", help="SegVol: CLIP tokenizer folder (SegVol's config/clip), for --text")
+    p.add_argument("--spacing", type=_spacing, metavar="MM",
+                   help="working voxel spacing in mm, one value or three (default: the core's own, from its checkpoint)")
+    p.add_argument("--normalization", type=_normalization, metavar="NAME",
+                   help="intensity normalisation, e.g. sam-med3d or modality (default: the core's own)")
     p.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="MM", help="NSD tolerance in mm (default: 2)")
     p.add_argument("--min-voxels", type=int, default=100, help="skip objects smaller than this (default: 100)")
     p.add_argument("--seed", type=int, default=0)
@@ -75,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from adapt3d.evaluate.run import make_protocol, run_evaluation
+    from adapt3d.evaluate.run import run_evaluation
     from adapt3d.train.config import DomainSection
 
     domain = DomainSection(
@@ -89,9 +114,12 @@ def run(args: argparse.Namespace) -> int:
         options["text"] = True
     if args.tokenizer:
         options["tokenizer"] = args.tokenizer
-    protocol = make_protocol(args.core_type, **options)
+    if args.spacing is not None:
+        options["target_spacing"] = args.spacing
+    if args.normalization is not None:
+        options["normalization"] = args.normalization
     out = run_evaluation(
-        core=args.core, core_type=args.core_type, adapter=args.adapter, domain=domain, protocol=protocol,
+        core=args.core, core_type=args.core_type, adapter=args.adapter, domain=domain, options=options,
         out=Path(args.out), core_description=args.core_description, overwrite=args.overwrite,
         save_predictions=not args.no_predictions, device=args.device,
     )

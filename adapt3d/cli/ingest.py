@@ -14,7 +14,7 @@ Every problem is reported at once, one line per file: missing or invalid dataset
 unpaired files, shape or affine mismatches between image and label, undeclared label ids,
 empty labels, NaN/Inf voxels, non-3D or corrupt files. Nothing is written on failure.
 Images without a label (in imagesTr, or imagesTs without labelsTs) are kept as unlabelled
-cases: the pool for self-supervised adaptation.
+cases: the pool for self-supervised adaptation; one warning line names the imagesTr ones.
 
 The card records modality, classes with voxel counts (total, per case, cases containing
 them), per-case shape/spacing/orientation, a spacing summary, the licence, SHA-256 hashes
@@ -37,9 +37,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from adapt3d.data.card import card_summary, ingest
+    from adapt3d.data.nnunet import read_dataset, unlabelled_training_warning
 
     path, card = ingest(args.dataset, out=args.out, licence=args.licence)
+    warning = unlabelled_training_warning(read_dataset(args.dataset))
+    if warning:
+        print(warning, file=sys.stderr)
     print(card_summary(card))
     print(f"wrote {path}")
     return 0

@@ -17,6 +17,7 @@ from torch import nn
 from adapt3d.atomic import atomic_file
 from adapt3d.config import build_dataclass
 from adapt3d.cores.checkpoint import load_strict, read_checkpoint, strip_prefix, tensor_dict
+from adapt3d.cores.preprocessing import Preprocessing
 from adapt3d.errors import CheckpointError, ConfigError
 from adapt3d.registry import Registry
 
@@ -34,6 +35,7 @@ class CoreSpec:
     prefixes: tuple[str, ...]  # key prefixes stripped when every key carries them
     infer_config: Callable[[dict[str, torch.Tensor]], dict]
     to_official: Callable[[dict[str, torch.Tensor], dict], Any]  # (state, adapt3d meta) → official object
+    preprocessing: Preprocessing  # the released model's input contract (image_size follows the architecture)
     signature_dims: int | None = None  # ... with this many dimensions (tells 3D from 2D SAM apart)
 
     def matches(self, state: dict[str, torch.Tensor]) -> bool:
@@ -86,6 +88,7 @@ def load_core(
     spec = CORES.get(name)
     arch: dict[str, Any] = {}
     state = None
+    stored = None
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None:
         obj = read_checkpoint(path)
@@ -96,6 +99,8 @@ def load_core(
             if meta.get("core", name) != name:
                 raise CheckpointError(f"{path}: this is a {meta['core']} checkpoint, not {name}")
             arch.update(meta.get("config", {}))
+            if meta.get("preprocessing") is not None:
+                stored = Preprocessing.from_dict(meta["preprocessing"], where=f"{path}: adapt3d metadata 'preprocessing'")
     arch.update(arch_overrides)
     config = build_dataclass(spec.config_cls, arch, where=f"{name} architecture")
     model = spec.model_cls(config)
@@ -104,7 +109,16 @@ def load_core(
     model.requires_grad_(trainable)
     model.eval()
     model.checkpoint_path = str(path) if path is not None else None
+    model.preprocessing = (stored or spec.preprocessing).with_image_size(model.image_size)
     return model
+
+
+def core_preprocessing(model: nn.Module) -> Preprocessing:
+    """The preprocessing ``model`` carries, else its spec's default at its window size."""
+    carried = getattr(model, "preprocessing", None)
+    if isinstance(carried, Preprocessing):
+        return carried
+    return CORES.get(model.core_name).preprocessing.with_image_size(model.image_size)
 
 
 def core_config_dict(model: nn.Module) -> dict:
@@ -118,14 +132,14 @@ def core_config_dict(model: nn.Module) -> dict:
 def save_core(model: nn.Module, path: str | os.PathLike, *, fmt: str = "official", state: dict | None = None) -> Path:
     """Write the core's weights: ``official`` (the core's own checkpoint layout) or ``safetensors``.
 
-    Where the format allows, adapt3d metadata (core name, architecture) is stored too, so a small
-    core reloads without flags.
+    Where the format allows, adapt3d metadata (core name, architecture, preprocessing) is stored
+    too, so a small core reloads without flags and keeps its spacing and normalisation.
     ``state`` replaces the model's own state dict (e.g. merged adapter weights).
     """
     spec = CORES.get(model.core_name)
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
-    meta = {"core": spec.name, "config": core_config_dict(model)}
+    meta = {"core": spec.name, "config": core_config_dict(model), "preprocessing": core_preprocessing(model).to_dict()}
     with atomic_file(path) as tmp:
         if fmt == "safetensors":
             from safetensors.torch import save_file

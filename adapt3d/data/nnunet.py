@@ -217,6 +217,20 @@ def scan_dataset(root: str | Path) -> tuple[Dataset, list[str]]:
     return ds, problems
 
 
+def unlabelled_training_warning(ds: Dataset) -> str | None:
+    """One warning line naming every ``imagesTr`` image without a label (None when there is none).
+
+    Such images are valid (they stay unlabelled cases, the self-supervised pool), but a missing
+    label is often a mistake, so ``ingest`` says which cases have none.
+    """
+    ids = [c.case_id for c in ds.cases if c.split == "train" and c.label_path is None]
+    if not ids:
+        return None
+    n = len(ids)
+    return (f"warning: {ds.root.name}: {n} imagesTr image{'s' if n != 1 else ''} without a label in labelsTr, "
+            f"kept as unlabelled case{'s' if n != 1 else ''}: {', '.join(ids)}")
+
+
 def raise_problems(root: str | Path, problems: list[str]) -> None:
     """Raise one :class:`InputError`: a summary line ``<root>: N problems found``, then one line each."""
     if problems:

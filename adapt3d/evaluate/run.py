@@ -6,14 +6,16 @@ slice); cores not listed there use the 3D N-click protocol.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adapt3d.config import build_dataclass
 from adapt3d.cores import load_core
+from adapt3d.cores.preprocessing import Preprocessing
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
 from adapt3d.evaluate.segvol_protocol import SegVolProtocol, evaluate_items_segvol
 from adapt3d.evaluate.slicewise import SlicewiseProtocol, evaluate_slicewise
@@ -48,24 +50,40 @@ def make_protocol(core_type: str, **options: Any) -> Protocol:
     return build_dataclass(evaluator_for(core_type).protocol, options, f"evaluation protocol of {core_type}")
 
 
+def core_protocol(core_type: str, preprocessing: Preprocessing, options: Mapping[str, Any]) -> Protocol:
+    """``make_protocol`` with the core's spacing and normalisation wherever ``options`` do not set them."""
+    defaults: dict[str, Any] = {"normalization": preprocessing.normalization}
+    if preprocessing.spacing is not None:
+        defaults["target_spacing"] = tuple(preprocessing.spacing)
+    return make_protocol(core_type, **{**defaults, **options})
+
+
 def run_evaluation(
     *,
     core: str,
     core_type: str = "sam-med3d",
     adapter: str | None = None,
     domain: DomainSection,
-    protocol: Protocol,
+    options: Mapping[str, Any],
     out: Path,
     core_description: str = "",
     overwrite: bool = False,
     save_predictions: bool = True,
     device: str = "cpu",
 ) -> Path:
-    """Evaluate the frozen core (``before``) and, with ``adapter``, the adapted model (``after``)."""
+    """Evaluate the frozen core (``before``) and, with ``adapter``, the adapted model (``after``).
+
+    ``options`` are the protocol's settings (:func:`make_protocol`); its ``target_spacing`` and
+    ``normalization`` default to the core's own preprocessing (``model.preprocessing``).
+    """
     started, t0 = now(), time.time()
     evaluate_fn = evaluator_for(core_type).evaluate
-    dom = load_domain(domain, "target", seed=protocol.seed, all_test=True)
+    seed = make_protocol(core_type, **options).seed  # bad options fail before any data or model is read
+    dom = load_domain(domain, "target", seed=seed, all_test=True)
     model = load_core(core_type, core).to(device)
+    protocol = core_protocol(core_type, model.preprocessing, options)
+    used = dataclasses.replace(model.preprocessing, normalization=protocol.normalization, spacing=(
+        tuple(protocol.target_spacing) if model.preprocessing.spacing is not None or "target_spacing" in options else None))
     fingerprint = None
     if adapter is not None:
         from adapt3d.tuners import load_adapter
@@ -102,7 +120,8 @@ def run_evaluation(
     ))
     write_json(out / "metrics.json", {
         "schema": SCHEMA, "kind": "evaluate", "name": out.name,
-        "core": {"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description},
+        "core": {"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description,
+                 "preprocessing": used.to_dict()},
         "adapter": adapter_record, "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
         "domains": domains, "retention": None, "training": None, "caveats": caveats(core_description, domains),
     })

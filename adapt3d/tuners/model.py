@@ -10,6 +10,8 @@ from peft import PeftModel
 from torch import nn
 
 from adapt3d.cores import core_fingerprint
+from adapt3d.cores.preprocessing import Preprocessing
+from adapt3d.cores.registry import core_preprocessing
 from adapt3d.errors import ConfigError
 from adapt3d.tuners.config import AdapterConfig
 from adapt3d.tuners.methods import TUNERS, PeftLora, Tuner
@@ -52,6 +54,11 @@ class AdaptedModel(nn.Module):
     @property
     def config(self):
         return self.core.config
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The core's preprocessing (adapters do not change what the input must look like)."""
+        return core_preprocessing(self.core)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.core.encode(images)

@@ -1,5 +1,6 @@
 """SAM-Med3D core (official state-dict layout; the released "turbo" model is the default config)."""
 
+from adapt3d.cores.preprocessing import Preprocessing
 from adapt3d.cores.registry import CoreSpec, register_core
 from adapt3d.cores.sam_med3d.model import SamMed3D, SamMed3DConfig, infer_config
 
@@ -15,6 +16,7 @@ SPEC = register_core(
         prefixes=("module.", "model."),
         infer_config=infer_config,
         to_official=lambda state, meta: {"model_state_dict": state, "adapt3d": meta},
+        preprocessing=Preprocessing(image_size=128, spacing=(1.5, 1.5, 1.5), normalization="sam-med3d"),
     )
 )
 

@@ -4,6 +4,7 @@ Release layout: a plain state dict whose keys carry ``model.`` (the HF ``SegVolM
 training checkpoints hold ``{'model': {'module.' + key: ...}, 'optimizer': ..., 'epoch': ...}``.
 """
 
+from adapt3d.cores.preprocessing import Preprocessing
 from adapt3d.cores.registry import CoreSpec, register_core
 from adapt3d.cores.segvol.model import SegVol, SegVolConfig, infer_config
 from adapt3d.cores.segvol.text_encoder import PROMPT_TEMPLATES, check_class_names, load_tokenizer, prompt_sentence
@@ -20,6 +21,7 @@ SPEC = register_core(
         prefixes=("module.", "model."),
         infer_config=infer_config,
         to_official=lambda state, meta: {"model." + k: v for k, v in state.items()},
+        preprocessing=Preprocessing(image_size=(32, 256, 256), spacing=None, normalization="segvol"),  # zoom-out-zoom-in at native spacing
     )
 )
 
