@@ -37,10 +37,10 @@ def find_preset(kind: str, name_or_path: str, base: Path, where: str) -> Path:
     """The file a section value names: a ``.yaml`` path (relative to ``base``) or a preset name."""
     if is_yaml_path(name_or_path):
         path = Path(name_or_path).expanduser()
-        path = path if path.is_absolute() else (base / path)
+        path = (path if path.is_absolute() else (base / path)).resolve()
         if not path.is_file():
             raise ConfigError(f"{where}: {path} not found")
-        return path.resolve()
+        return path
     path = CONFIGS / kind / f"{name_or_path}.yaml"
     if not path.is_file():
         import difflib

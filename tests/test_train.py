@@ -18,6 +18,7 @@ from adapt3d import load_core
 from adapt3d.cli import main
 from adapt3d.cores import save_core
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
+from adapt3d.errors import ConfigError
 from adapt3d.train.config import load_experiment
 from adapt3d.train.domains import load_domain
 from adapt3d.train.run import run_adaptation
@@ -89,7 +90,7 @@ def test_ct_to_mr_adaptation_writes_a_complete_run(tmp_path, core_path, capsys):
     env = json.loads((run / "env.json").read_text())
     assert env["seed"] == 0 and set(env["data_hashes"]) == {MR.name, CT.name} and env["packages"]["torch"]
     assert any("silver-standard" in c for c in metrics["caveats"])
-    assert load_experiment(run / "config.yaml").adapter_config.rank == 2  # the resolved config reloads
+    assert load_experiment(run / "config.yaml").adapter.rank == 2  # the resolved config reloads
     model = load_adapter(load_core("sam-med3d", core_path), run / "adapter")
     assert model.configs["default"].rank == 2
 
@@ -114,8 +115,11 @@ def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path, core_pa
     whole = run_adaptation(load_experiment(path, ["name=whole"]))
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_adaptation(load_experiment(path, ["name=resumed"]), callbacks=(_Interrupt(),))
-    resumed_dir = tmp_path / "runs" / "resumed"
+    resumed_dir = tmp_path / "runs" / "resumed.partial"  # an unfinished run never has the final name
     assert (resumed_dir / "checkpoints" / "last.ckpt").exists() and not (resumed_dir / "metrics.json").exists()
+    assert not (tmp_path / "runs" / "resumed").exists()
+    with pytest.raises(ConfigError, match="--resume"):  # re-running without --resume does not silently start over
+        run_adaptation(load_experiment(path, ["name=resumed"]))
     resumed = run_adaptation(load_experiment(path, ["name=resumed"]), resume=True)
     ta, tb = adapter_tensors(whole), adapter_tensors(resumed)
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)

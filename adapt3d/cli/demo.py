@@ -18,7 +18,8 @@ The whole product on small real data shipped with adapt3d (datasets/sample, with
      merged into official-format SAM-Med3D weights; print the summary table.
 
 With --core, the same runs on a real SAM-Med3D checkpoint (1.5 mm, 128³ crops; slower).
---build-core retrains the demo core (about 10-20 minutes on a 2-core CPU).
+--build-core retrains the demo core (its recorded build: 2,233 s ≈ 37 min on a 2-core CPU, 80 epochs;
+see datasets/sample/demo_core/demo_core_metrics.json).
 """
 
 

@@ -20,7 +20,7 @@ def _names(problems: list[str], key: str, given: tuple[str, ...], valid: list[st
         if name not in valid:
             close = difflib.get_close_matches(name, valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{key}: {what} {name!r} is not in {where}{hint}")
+            problems.append(f"{key}: unknown {what} {name!r} (not in {where}){hint}")
 
 
 def _domain(problems: list[str], key: str, section: DomainSection | None, *, required: bool) -> None:
@@ -34,8 +34,8 @@ def _domain(problems: list[str], key: str, section: DomainSection | None, *, req
         return
     root = Path(section.path)
     if not (root / "dataset.json").is_file():
-        problems.append(f"{key}.path: {root} is not an nnU-Net raw dataset (no dataset.json)" if root.is_dir()
-                        else f"{key}.path: {root} not found")
+        problems.append(f"{key}.path: {root}: not an nnU-Net raw dataset (no dataset.json)" if root.is_dir()
+                        else f"{key}.path: {root}: dataset folder not found")
         return
     try:
         ds, found = scan_dataset(root)
@@ -86,7 +86,7 @@ def check_experiment(cfg: ExperimentConfig) -> list[str]:
                     problems.append(f"adapter.targets: {target!r} is not a target of {cfg.core.name}{hint}; "
                                     f"valid: {', '.join(valid)} (or a glob over module names)")
     if cfg.core.checkpoint and not Path(cfg.core.checkpoint).is_file():
-        problems.append(f"core.checkpoint: {cfg.core.checkpoint} not found")
+        problems.append(f"core.checkpoint: {cfg.core.checkpoint}: checkpoint not found")
     if cfg.adapter.method == "none":
         problems.append("adapter.method: none trains nothing (use 'adapt3d evaluate' for the frozen core)")
     _domain(problems, "data.target", cfg.data.target, required=True)
