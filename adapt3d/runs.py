@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -9,6 +10,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -119,6 +121,19 @@ def finish_run_dir(partial: Path, run_dir: Path) -> Path:
     else:
         os.replace(partial, run_dir)
     return run_dir
+
+
+@contextlib.contextmanager
+def one_shot_run_dir(run_dir: Path, *, overwrite: bool) -> Iterator[Path]:
+    """A run that cannot resume (e.g. an evaluation): work in the partial folder, give it the final
+    name on success, remove it on failure or interrupt."""
+    work = claim_run_dir(run_dir, overwrite=overwrite, resume=False)
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finish_run_dir(work, run_dir)
 
 
 def caveats(core_description: str, domains: dict[str, dict]) -> list[str]:

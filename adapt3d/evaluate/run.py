@@ -20,7 +20,7 @@ from adapt3d.evaluate.nclick import Protocol, evaluate_items
 from adapt3d.evaluate.segvol_protocol import SegVolProtocol, evaluate_items_segvol
 from adapt3d.evaluate.slicewise import SlicewiseProtocol, evaluate_slicewise
 from adapt3d.registry import Registry
-from adapt3d.runs import SCHEMA, caveats, env_record, now, prepare_run_dir, write_json
+from adapt3d.runs import SCHEMA, caveats, env_record, now, one_shot_run_dir, write_json
 from adapt3d.train.config import DomainSection
 from adapt3d.train.domains import load_domain
 
@@ -90,39 +90,38 @@ def run_evaluation(
 
         model = load_adapter(model, adapter)
         fingerprint = model.fingerprint
-    prepare_run_dir(out, overwrite=overwrite, resume=False)
+    with one_shot_run_dir(out, overwrite=overwrite) as work:  # <out>.partial until finished
+        def evaluate(m, stage: str) -> dict:
+            pred_dir = work / "predictions" / dom.name / stage if save_predictions else None
+            return evaluate_fn(m, dom.split.test, dom.modality, protocol, predictions_dir=pred_dir, run_dir=work, desc=f"{stage}: {dom.name}")
 
-    def evaluate(m, stage: str) -> dict:
-        pred_dir = out / "predictions" / dom.name / stage if save_predictions else None
-        return evaluate_fn(m, dom.split.test, dom.modality, protocol, predictions_dir=pred_dir, run_dir=out, desc=f"{stage}: {dom.name}")
+        if adapter is None:
+            before, after = evaluate(model, "before"), None
+        else:
+            with model.using(None):
+                before = evaluate(model, "before")
+            after = evaluate(model, "after")
+        domains = {dom.name: {**dom.record(), "before": before, "after": after}}
+        adapter_record = None
+        if adapter is not None:
+            from adapt3d.tuners import read_adapter_meta
 
-    if adapter is None:
-        before, after = evaluate(model, "before"), None
-    else:
-        with model.using(None):
-            before = evaluate(model, "before")
-        after = evaluate(model, "after")
-    domains = {dom.name: {**dom.record(), "before": before, "after": after}}
-    adapter_record = None
-    if adapter is not None:
-        from adapt3d.tuners import read_adapter_meta
+            meta = read_adapter_meta(adapter)
+            adapter_record = {**meta["config"], "trainable_parameters": meta.get("adapter_parameters"),
+                              "size_bytes": meta.get("size_bytes"), "dir": str(Path(adapter).resolve())}
+        if fingerprint is None:
+            from adapt3d.cores import core_fingerprint
 
-        meta = read_adapter_meta(adapter)
-        adapter_record = {**meta["config"], "trainable_parameters": meta.get("adapter_parameters"),
-                          "size_bytes": meta.get("size_bytes"), "dir": str(Path(adapter).resolve())}
-    if fingerprint is None:
-        from adapt3d.cores import core_fingerprint
-
-        fingerprint = core_fingerprint(model)
-    write_json(out / "env.json", env_record(
-        seed=protocol.seed, data_hashes={dom.dataset.name: domains[dom.name]["data_hash"]}, core_fingerprint=fingerprint,
-        device=device, started=started, finished=now(), wall_seconds=round(time.time() - t0, 1),
-    ))
-    write_json(out / "metrics.json", {
-        "schema": SCHEMA, "kind": "evaluate", "name": out.name,
-        "core": {"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description,
-                 "preprocessing": used.to_dict()},
-        "adapter": adapter_record, "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
-        "domains": domains, "retention": None, "training": None, "caveats": caveats(core_description, domains),
-    })
+            fingerprint = core_fingerprint(model)
+        write_json(work / "env.json", env_record(
+            seed=protocol.seed, data_hashes={dom.dataset.name: domains[dom.name]["data_hash"]}, core_fingerprint=fingerprint,
+            device=device, started=started, finished=now(), wall_seconds=round(time.time() - t0, 1),
+        ))
+        write_json(work / "metrics.json", {
+            "schema": SCHEMA, "kind": "evaluate", "name": out.name,
+            "core": {"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description,
+                     "preprocessing": used.to_dict()},
+            "adapter": adapter_record, "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
+            "domains": domains, "retention": None, "training": None, "caveats": caveats(core_description, domains),
+        })
     return out
