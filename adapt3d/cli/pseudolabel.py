@@ -18,7 +18,8 @@ Input: an nnU-Net v2 raw dataset (--data). For each labelled training case:
     holding foreground, or --every K slices over the whole volume), the rest is hidden and
     propagated, and qc.json reports the pseudo-labels' Dice on the hidden slices.
 
-Backends: core (click prompts from each keyframe to a SAM-Med3D-format core, --core CKPT,
+Backends: core (click prompts from each keyframe to a SAM-Med3D-format core, --core CKPT, at
+the spacing and normalisation stored with the core,
 optionally --adapter DIR), seggpt (SegGPT in-context propagation, --seggpt DIR with a local
 transformers SegGPT), nearest (non-learned baseline: nearest keyframe's mask copied).
 
