@@ -19,6 +19,7 @@ from adapt3d.cores import load_core
 from adapt3d.errors import ConfigError
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
 from adapt3d.runs import SCHEMA, caveats, env_record, now, prepare_run_dir, write_json
+from adapt3d.train.checkpoint_io import SafeCheckpointIO
 from adapt3d.train.config import ExperimentConfig, config_hash, config_yaml
 from adapt3d.train.data import CropDataset, EpochSampler
 from adapt3d.train.domains import Domain, extra_items, load_domain
@@ -114,7 +115,7 @@ def run_adaptation(
         num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy, precision=cfg.train.precision,
         logger=CSVLogger(run_dir, name="logs", version=""), callbacks=[monitor, checkpoints, *callbacks],
         use_distributed_sampler=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-        default_root_dir=run_dir,
+        default_root_dir=run_dir, plugins=[SafeCheckpointIO()],
     )
     sampler = EpochSampler(len(dataset), cfg.seed, rank=trainer.global_rank, world=trainer.world_size)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=cfg.train.num_workers)
