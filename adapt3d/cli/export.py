@@ -25,11 +25,8 @@ example:
 """
 
 
-def _format(text: str) -> str:
-    aliases = {"official": "official", "sam-med3d": "official", "safetensors": "safetensors"}
-    if text not in aliases:
-        raise argparse.ArgumentTypeError(f"unknown format {text!r}; valid: official (alias sam-med3d), safetensors")
-    return aliases[text]
+#: --format values (``sam-med3d`` is an alias of the official format).
+FORMATS = {"official": "official", "sam-med3d": "official", "safetensors": "safetensors"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--core-type", default="sam-med3d", help="core architecture (default: sam-med3d)")
     p.add_argument("--adapter", required=True, metavar="DIR", help="adapter directory (from adapt3d adapt or save_adapter)")
     p.add_argument("--out", required=True, metavar="FILE", help="output weights: .pth/.pt/.bin (official torch format) or .safetensors")
-    p.add_argument("--format", type=_format, help="optional check: official or safetensors; must agree with the ending of --out")
+    p.add_argument("--format", help="optional check: official (alias sam-med3d) or safetensors; must agree with the ending of --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--allow-other-core", action="store_true", help="accept a core whose weights differ from the adapter's")
 
@@ -45,10 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from adapt3d import load_core
     from adapt3d.atomic import refuse_existing
+    from adapt3d.errors import ConfigError
     from adapt3d.tuners import export_merged, load_adapter
     from adapt3d.tuners.export import export_path, format_for
 
-    fmt = format_for(args.out, args.format)
+    if args.format is not None and args.format not in FORMATS:
+        raise ConfigError(f"unknown --format {args.format!r}; valid: {', '.join(FORMATS)} (or leave it to the ending of --out)")
+    fmt = format_for(args.out, FORMATS.get(args.format))
     core = load_core(args.core_type, args.core)
     model = load_adapter(core, args.adapter, allow_other_core=args.allow_other_core)
     refuse_existing(export_path(model, args.out), overwrite=args.overwrite)
