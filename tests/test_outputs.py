@@ -7,7 +7,7 @@ import zipfile
 import pytest
 import torch
 from safetensors import safe_open
-from tiny import TINY_SAM, randomise
+from tiny import TINY_SAM, nudge_trainable, randomise
 
 from adapt3d import load_core
 from adapt3d.cli import main
@@ -20,11 +20,7 @@ def core_and_adapter(tmp_path_factory):
     """A tiny core checkpoint and a LoRA adapter on it whose weights are not zero (so merging changes the core)."""
     root = tmp_path_factory.mktemp("export")
     core_path = save_core(randomise(load_core("sam-med3d", **TINY_SAM), seed=5), root / "core.pth")
-    model = add_adapters(load_core("sam-med3d", core_path), AdapterConfig(rank=4), verbose=False)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    model = nudge_trainable(add_adapters(load_core("sam-med3d", core_path), AdapterConfig(rank=4), verbose=False), 0.1, seed=1)
     save_adapter(model, root / "adapter")
     return core_path, root / "adapter"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from tiny import SAMPLE_DATA, TINY_SAM, randomise
+from tiny import SAMPLE_DATA, TINY_SAM, nudge_trainable, randomise
 
 from adapt3d import load_core
 from adapt3d.cli import main
@@ -168,15 +168,9 @@ def test_predict_refuses_first_click_negative(core_path):
 
 
 def test_predict_with_an_adapter(core_path, tmp_path):
-    import torch
-
     from adapt3d.tuners import AdapterConfig, add_adapters, save_adapter
 
-    model = add_adapters(load_core("sam-med3d", core_path), AdapterConfig(rank=4), verbose=False)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    model = nudge_trainable(add_adapters(load_core("sam-med3d", core_path), AdapterConfig(rank=4), verbose=False), 0.5)
     save_adapter(model, tmp_path / "adapter")
     args = ["predict", "--core", str(core_path), "--image", str(MR), "--point", "60,40,10", "--mode", "crop"]
     assert main([*args, "--out", str(tmp_path / "plain.nii.gz")]) == 0
