@@ -14,11 +14,12 @@ Segment one object in a 3D image from point clicks with a SAM-Med3D-format core.
 
 The image is reoriented to RAS and resampled (--resample, default isotropic at the core's own
 spacing, stored in its checkpoint: SAM-Med3D 1.5 mm, the demo core 3 mm; --spacing overrides
-it) and normalised as the core expects. --mode whole (default) starts with the core's window centred on
-the first point and adds overlapping windows wherever the object reaches a window face, each
-prompted with the clicks inside it or a click propagated from what is already segmented, until
-the object is covered or --max-windows ran; windows are blended with Gaussian weights.
---mode crop segments only the single 128³ crop centred on the first point (SAM-Med3D's official
+it) and normalised as the core expects. --mode whole (default) starts with the core's window
+(SAM-Med3D: 128³) centred on the first point and adds overlapping windows wherever the object
+reaches a window face, each prompted with the clicks inside it or a click propagated from what
+is already segmented, until the object is covered or --max-windows ran; windows are blended
+with Gaussian weights.
+--mode crop segments only the single window centred on the first point (SAM-Med3D's official
 inference; larger objects are cut at its faces). The mask is written back on the input's exact
 grid, affine and header, so it overlays the image in 3D Slicer / ITK-SNAP. Only the points are
 used to place windows: no label file is read.
@@ -39,7 +40,7 @@ unless --overwrite.
 example:
   adapt3d predict --core sam_med3d_turbo.pth --image ct.nii.gz --point 120,98,60 \\
       --point 130,90,61 --negative 140,100,60 --out liver.nii.gz
-  adapt3d predict --core sam_med3d_turbo.pth --image brain_mr.nii.gz --point 180,120,14 \
+  adapt3d predict --core sam_med3d_turbo.pth --image brain_mr.nii.gz --point 180,120,14 \\
       --resample inplane --out tumour.nii.gz
 """
 
