@@ -24,6 +24,14 @@ def writable_dir(path: Path, what: str = "output directory") -> Path:
     return path
 
 
+def refuse_existing(path: str | os.PathLike, *, overwrite: bool) -> Path:
+    """The one rule for existing outputs: :class:`OutputError` if ``path`` exists, unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists (choose another output, or --overwrite to replace it)")
+    return path
+
+
 def _prepare_parent(path: Path) -> Path:
     return writable_dir(path.parent if str(path.parent) else Path("."))
 
@@ -64,8 +72,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     """
     path = Path(path)
     parent = _prepare_parent(path)
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path}: already exists (choose another output or remove it)")
+    refuse_existing(path, overwrite=overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should be readable like any new folder
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from tiny import SAMPLE_DATA, TINY_SAM, randomise
+from tiny import SAMPLE_DATA, TINY_SAM, nudge_trainable, randomise
 
 from adapt3d import load_core
 from adapt3d.cli import main
@@ -86,7 +86,10 @@ def _write(path, array, affine=np.eye(4)):
         ("missing-core", "checkpoint not found"),
         ("corrupt-core", "not a readable checkpoint"),
         ("wrong-arch", "not a sam-med3d checkpoint"),
-        ("bad-out", "must end in .nii.gz"),
+        ("bad-out", "out.txt: the ending decides the mask format: use .nii.gz or .nii"),
+        ("negative-point", "point (-1.0, 4.0, 4.0) lies outside the volume of shape (12, 12, 12)"),
+        ("negative-point-equals", "point (4.0, -2.5, 4.0) lies outside the volume"),
+        ("out-exists", "out.nii.gz: already exists (choose another output, or --overwrite to replace it)"),
     ],
 )
 def test_predict_bad_input(core_path, tmp_path, capsys, case, match):
@@ -115,12 +118,44 @@ def test_predict_bad_input(core_path, tmp_path, capsys, case, match):
         core = str(tmp_path / "other.pth")
     elif case == "bad-out":
         out = tmp_path / "out.txt"
-    rc = main(["predict", "--core", core, "--image", str(image), "--point", point, "--out", str(out)])
+    elif case == "negative-point":
+        point = "-1,4,4"  # parsed as a value, not as an option
+    elif case == "out-exists":
+        out.write_bytes(b"keep")
+    point_args = ["--point=4,-2.5,4"] if case == "negative-point-equals" else ["--point", point]
+    rc = main(["predict", "--core", core, "--image", str(image), *point_args, "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc != 0
     assert err.startswith("error: ") and match in err and "\n" not in err
-    assert not out.exists()
+    assert out.read_bytes() == b"keep" if case == "out-exists" else not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "no temporary file left behind"
+
+
+def test_predict_overwrite_replaces_an_existing_mask(core_path, tmp_path):
+    out = tmp_path / "mask.nii"
+    out.write_bytes(b"old")
+    args = ["predict", "--core", str(core_path), "--image", str(MR), "--point", "60,40,10", "--mode", "crop", "--out", str(out)]
+    assert main([*args, "--overwrite"]) == 0
+    assert nib.load(str(out)).shape == nib.load(str(MR)).shape  # an uncompressed NIfTI, as the ending says
+
+
+def test_predict_uses_the_cores_spacing_unless_given(core_path, tmp_path):
+    """A core stored with 3 mm predicts at 3 mm by default; --spacing overrides the stored value."""
+    from adapt3d.cores.preprocessing import Preprocessing
+
+    core = load_core("sam-med3d", core_path)
+    core.preprocessing = Preprocessing(core.image_size, (3.0, 3.0, 3.0), "sam-med3d")
+    core3 = save_core(core, tmp_path / "core3.pth")
+
+    def predict(core_file, name, *extra):
+        args = ["predict", "--core", str(core_file), "--image", str(MR), "--point", "60,40,10", "--mode", "crop", *extra]
+        assert main([*args, "--out", str(tmp_path / name)]) == 0
+        return np.asarray(nib.load(str(tmp_path / name)).dataobj)
+
+    at3 = predict(core3, "a.nii.gz")
+    assert np.array_equal(at3, predict(core_path, "b.nii.gz", "--spacing", "3"))
+    assert not np.array_equal(at3, predict(core_path, "c.nii.gz"))  # the tiny core's own 1.5 mm
+    assert not np.array_equal(at3, predict(core3, "d.nii.gz", "--spacing", "1.5"))
 
 
 def test_predict_refuses_first_click_negative(core_path):
@@ -133,15 +168,9 @@ def test_predict_refuses_first_click_negative(core_path):
 
 
 def test_predict_with_an_adapter(core_path, tmp_path):
-    import torch
-
     from adapt3d.tuners import AdapterConfig, add_adapters, save_adapter
 
-    model = add_adapters(load_core("sam-med3d", core_path), AdapterConfig(rank=4), verbose=False)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    model = nudge_trainable(add_adapters(load_core("sam-med3d", core_path), AdapterConfig(rank=4), verbose=False), 0.5)
     save_adapter(model, tmp_path / "adapter")
     args = ["predict", "--core", str(core_path), "--image", str(MR), "--point", "60,40,10", "--mode", "crop"]
     assert main([*args, "--out", str(tmp_path / "plain.nii.gz")]) == 0

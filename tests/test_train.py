@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -19,6 +21,7 @@ from adapt3d.cli import main
 from adapt3d.cores import save_core
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
 from adapt3d.errors import ConfigError
+from adapt3d.train.checkpoint_io import SafeCheckpointIO
 from adapt3d.train.config import load_experiment
 from adapt3d.train.domains import load_domain
 from adapt3d.train.run import run_adaptation
@@ -105,8 +108,11 @@ def test_same_seed_and_config_give_the_same_numbers(tmp_path, core_path):
 
 
 class _Interrupt(L.Callback):
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
     def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == 1:
+        if trainer.current_epoch == self.epoch:
             raise RuntimeError("simulated crash")
 
 
@@ -138,13 +144,11 @@ class _Sabotage(L.Callback):
                         p.fill_(float("nan"))
 
 
-@pytest.mark.parametrize("action", ["stop", "keep-best"])
-def test_retention_guard_triggers_on_a_forced_drop(tmp_path, core_path, action):
-    path = experiment(tmp_path, core_path, **{"train.epochs": 3, "retention.threshold": 0.05, "retention.action": action})
-    cfg = load_experiment(path, [f"name={action}"])
+@contextlib.contextmanager
+def _sabotaged_at_epoch_1():
+    """Every run inside: the adapter breaks at the end of epoch 1, just before the monitor measures."""
     from adapt3d.train import run as run_module
 
-    # the sabotage must act before the monitor measures: put it first among the callbacks
     original = run_module.RetentionMonitor.on_train_epoch_end
 
     def sabotaged(self, trainer, pl_module):
@@ -153,9 +157,17 @@ def test_retention_guard_triggers_on_a_forced_drop(tmp_path, core_path, action):
 
     run_module.RetentionMonitor.on_train_epoch_end = sabotaged
     try:
-        run = run_adaptation(cfg)
+        yield
     finally:
         run_module.RetentionMonitor.on_train_epoch_end = original
+
+
+@pytest.mark.parametrize("action", ["stop", "keep-best"])
+def test_retention_guard_triggers_on_a_forced_drop(tmp_path, core_path, action):
+    path = experiment(tmp_path, core_path, **{"train.epochs": 3, "retention.threshold": 0.05, "retention.action": action})
+    cfg = load_experiment(path, [f"name={action}"])
+    with _sabotaged_at_epoch_1():
+        run = run_adaptation(cfg)
     metrics = json.loads((run / "metrics.json").read_text())
     ret = metrics["retention"]
     assert ret["history"][0]["retention"] >= 0.05 and ret["history"][1]["retention"] == 0.0
@@ -165,6 +177,48 @@ def test_retention_guard_triggers_on_a_forced_drop(tmp_path, core_path, action):
     epochs_run = len(ret["history"])
     assert epochs_run == (2 if action == "stop" else 3)
     assert ret["final"] >= 0.05
+
+
+def test_guard_best_state_survives_a_resume(tmp_path, core_path):
+    """Guard stores the epoch-0 state, the adapter breaks at epoch 1, the run dies at epoch 2 and is
+    resumed: the final adapter is the stored best, as in the uninterrupted run."""
+    path = experiment(tmp_path, core_path, **{"train.epochs": 3, "retention.threshold": 0.05, "retention.action": "keep-best"})
+    with _sabotaged_at_epoch_1():
+        whole = run_adaptation(load_experiment(path, ["name=whole"]))
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_adaptation(load_experiment(path, ["name=resumed"]), callbacks=(_Interrupt(epoch=2),))
+    resumed_dir = tmp_path / "runs" / "resumed"
+    saved = SafeCheckpointIO().load_checkpoint(resumed_dir / "checkpoints" / "last.ckpt")["callbacks"]["RetentionMonitor"]
+    assert saved["triggered"] is True and saved["best"]["step"] == saved["history"][0]["step"]
+    resumed = run_adaptation(load_experiment(path, ["name=resumed"]), resume=True)  # epoch 2 only: no sabotage left
+    ta, tb = adapter_tensors(whole), adapter_tensors(resumed)
+    assert all(torch.isfinite(t).all() for t in tb.values()), "without the stored best the NaN adapter would be kept"
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    ra, rb = (json.loads((r / "metrics.json").read_text())["retention"] for r in (whole, resumed))
+    assert ra["history"] == rb["history"] and rb["guard"]["triggered"] is True
+    assert rb["best_checkpoint_step"] == ra["best_checkpoint_step"] == ra["history"][0]["step"]
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    """The resume loader is weights-only with an explicit allow-list, whatever torch's default."""
+    from adapt3d.errors import CheckpointError
+
+    witness = tmp_path / "ran"
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "hook": _RunsCode(str(witness))}, ckpt)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(ckpt))}: refused to load: .* outside the allow-list \((io|builtins)\.open\)"):
+        SafeCheckpointIO().load_checkpoint(ckpt)
+    assert not witness.exists()
+
+
+class _RunsCode:
+    """Unpickling this would create a file: proof that nothing from a refused pickle runs."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 def test_routed_model_keeps_ct_retention_exactly_one(tmp_path, core_path):

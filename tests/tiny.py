@@ -33,3 +33,13 @@ def randomise(module: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> tor
                     noise = 1.0 + noise
                 t.copy_(noise)
     return module
+
+
+def nudge_trainable(module: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn.Module:
+    """Add seeded noise to the trainable parameters (adapters start as no-ops: this makes them act)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+    return module

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
+from pathlib import Path
 
 NAME = "predict"
 HELP = "segment an object from point clicks and write a NIfTI mask on the input's grid"
 DESCRIPTION = """\
 Segment one object in a 3D image from point clicks with a SAM-Med3D-format core.
 
-The image is reoriented to RAS and resampled (--resample, default isotropic 1.5 mm, the
-core's training spacing). --mode whole (default) starts with the core's 128³ window centred on
-the first point and adds overlapping windows wherever the object reaches a window face, each
-prompted with the clicks inside it or a click propagated from what is already segmented, until
-the object is covered or --max-windows ran; windows are blended with Gaussian weights.
---mode crop segments only the single 128³ crop centred on the first point (SAM-Med3D's official
+The image is reoriented to RAS and resampled (--resample, default isotropic at the core's own
+spacing, stored in its checkpoint: SAM-Med3D 1.5 mm, the demo core 3 mm; --spacing overrides
+it) and normalised as the core expects. --mode whole (default) starts with the core's window
+(SAM-Med3D: 128³) centred on the first point and adds overlapping windows wherever the object
+reaches a window face, each prompted with the clicks inside it or a click propagated from what
+is already segmented, until the object is covered or --max-windows ran; windows are blended
+with Gaussian weights.
+--mode crop segments only the single window centred on the first point (SAM-Med3D's official
 inference; larger objects are cut at its faces). The mask is written back on the input's exact
 grid, affine and header, so it overlays the image in 3D Slicer / ITK-SNAP. Only the points are
 used to place windows: no label file is read.
@@ -24,13 +29,18 @@ Resampling policies (spacings per RAS axis):
   inplane    the two finest axes to --spacing, the slice axis kept (objects look squashed)
   native     no resampling (scale differs from the core's training data)
 
-Points are voxel indices i,j,k of the input image (0-based, as stored in the file). Clicks
-are applied one after another, each seeing the previous mask, as in interactive use.
+Points are voxel indices i,j,k of the input image (0-based, as stored in the file); a point
+outside the image is refused before the core is loaded. A negative first value parses as is
+(--point -1,53,5; --point=-1,53,5 works too). Clicks are applied one after another, each
+seeing the previous mask, as in interactive use.
+
+The ending of --out decides the mask format (.nii.gz or .nii); an existing --out is refused
+unless --overwrite.
 
 example:
   adapt3d predict --core sam_med3d_turbo.pth --image ct.nii.gz --point 120,98,60 \\
       --point 130,90,61 --negative 140,100,60 --out liver.nii.gz
-  adapt3d predict --core sam_med3d_turbo.pth --image brain_mr.nii.gz --point 180,120,14 \
+  adapt3d predict --core sam_med3d_turbo.pth --image brain_mr.nii.gz --point 180,120,14 \\
       --resample inplane --out tumour.nii.gz
 """
 
@@ -45,7 +55,25 @@ def _point(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+#: Mask endings predict writes (one place to extend when the image I/O gains formats).
+MASK_ENDINGS = (".nii.gz", ".nii")
+#: Arguments such as "-1,53,5" are values, not options. argparse only knows single negative
+#: numbers as values (the pattern below extends its own; Python ≥ 3.13 already accepts these).
+_NEGATIVE_VALUES = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d*\.?\d+(,\s*-?\d*\.?\d+)+$")
+
+
+def check_output(out: str, overwrite: bool) -> Path:
+    """The mask path, if its ending is one predict writes and it may be written (else one-line errors)."""
+    from adapt3d.atomic import refuse_existing
+    from adapt3d.errors import ConfigError
+
+    if not out.endswith(MASK_ENDINGS):
+        raise ConfigError(f"{out}: the ending decides the mask format: use {' or '.join(MASK_ENDINGS)}")
+    return refuse_existing(out, overwrite=overwrite)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p._negative_number_matcher = _NEGATIVE_VALUES  # "--point -1,53,5" is a value (see above)
     p.add_argument("--core", required=True, metavar="CKPT", help="core checkpoint (.pth official format, state dict, or .safetensors)")
     p.add_argument("--core-type", default="sam-med3d", help="core architecture (default: sam-med3d)")
     p.add_argument("--adapter", metavar="DIR", help="adapter directory to apply on the core (e.g. RUN/adapter)")
@@ -53,11 +81,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", default="auto", help="CT, MR or US (default: auto = CT if the image has values below -500)")
     p.add_argument("--point", type=_point, action="append", default=[], metavar="I,J,K", help="positive click (repeatable)")
     p.add_argument("--negative", type=_point, action="append", default=[], metavar="I,J,K", help="negative click (repeatable)")
-    p.add_argument("--out", required=True, metavar="NIFTI", help="output mask (.nii.gz)")
+    p.add_argument("--out", required=True, metavar="NIFTI", help="output mask (.nii.gz or .nii: the ending decides)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--mode", choices=["whole", "crop"], default="whole", help="whole object over several windows (default) or the single official crop")
     p.add_argument("--resample", default="isotropic", help="resampling policy: isotropic (default), inplane or native")
-    p.add_argument("--spacing", type=float, default=1.5, metavar="MM", help="target spacing of the policy in mm (default: 1.5)")
+    p.add_argument("--spacing", type=float, metavar="MM", help="target spacing of the policy in mm (default: the core's own)")
     p.add_argument("--max-windows", type=int, default=27, metavar="N", help="window budget of --mode whole (default: 27)")
     p.add_argument("--overlap", type=float, default=0.25, help="overlap of neighbouring windows, fraction (default: 0.25)")
 
@@ -65,30 +94,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from adapt3d.data.nifti import load_volume, save_volume
     from adapt3d.errors import ConfigError
-    from adapt3d.infer.predictor import CropPredictor
+    from adapt3d.infer.predictor import CropPredictor, check_inside
     from adapt3d.infer.resampling_policy import working_spacing
     from adapt3d.infer.session import guess_modality, load_model
     from adapt3d.infer.whole_volume import WholeVolumeConfig, WholeVolumePredictor
 
     if not args.point:
         raise ConfigError("give at least one --point (a positive click inside the object)")
-    if not (args.out.endswith(".nii.gz") or args.out.endswith(".nii")):
-        raise ConfigError(f"{args.out}: output must end in .nii.gz or .nii")
-    config = WholeVolumeConfig(
-        resample=args.resample, spacing=args.spacing, overlap=args.overlap, max_windows=args.max_windows
-    )
-    model = load_model(args.core, core_type=args.core_type, adapter=args.adapter, device=args.device)
+    out = check_output(args.out, args.overwrite)
+    options = {"resample": args.resample, "overlap": args.overlap, "max_windows": args.max_windows}
+    config = WholeVolumeConfig(**options, **({} if args.spacing is None else {"spacing": args.spacing}))  # flags checked first
     image = load_volume(args.image)
-    modality = guess_modality(image) if args.modality == "auto" else args.modality.upper()
     points = list(args.point) + list(args.negative)
+    for point in points:
+        check_inside(image, point)
+    model = load_model(args.core, core_type=args.core_type, adapter=args.adapter, device=args.device)
+    prep = model.preprocessing
+    spacing = args.spacing if args.spacing is not None else prep.isotropic_spacing(f"{args.core} (core)")
+    config = dataclasses.replace(config, spacing=spacing, normalization=prep.normalization)
+    modality = guess_modality(image) if args.modality == "auto" else args.modality.upper()
     labels = [1] * len(args.point) + [0] * len(args.negative)
     if args.mode == "crop":
-        spacing = working_spacing(config.resample, config.spacing, image.affine)
-        mask = CropPredictor(model, target_spacing=spacing).predict(image, modality, points, labels)
+        work = working_spacing(config.resample, config.spacing, image.affine)
+        mask = CropPredictor(model, target_spacing=work, normalization=prep.normalization).predict(image, modality, points, labels)
         how = "1 crop"
     else:
         result = WholeVolumePredictor(model, config).predict(image, modality, points, labels)
         mask, how = result.mask, f"{len(result.windows)} windows, {result.stopped}; {result.resampling.describe()}"
-    save_volume(mask, image.affine, args.out, reference=image, dtype="uint8")
-    print(f"wrote {args.out}: {int(mask.sum())} voxels segmented ({modality}, {len(points)} clicks, {how})")
+    save_volume(mask, image.affine, out, reference=image, dtype="uint8")
+    print(f"wrote {out}: {int(mask.sum())} voxels segmented ({modality}, {len(points)} clicks, {how}; "
+          f"core preprocessing {prep.describe()})")
     return 0

@@ -18,7 +18,8 @@ Input: an nnU-Net v2 raw dataset (--data). For each labelled training case:
     holding foreground, or --every K slices over the whole volume), the rest is hidden and
     propagated, and qc.json reports the pseudo-labels' Dice on the hidden slices.
 
-Backends: core (click prompts from each keyframe to a SAM-Med3D-format core, --core CKPT,
+Backends: core (click prompts from each keyframe to a SAM-Med3D-format core, --core CKPT, at
+the spacing and normalisation stored with the core,
 optionally --adapter DIR), seggpt (SegGPT in-context propagation, --seggpt DIR with a local
 transformers SegGPT), nearest (non-learned baseline: nearest keyframe's mask copied).
 
@@ -76,8 +77,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from adapt3d.atomic import refuse_existing
     from adapt3d.train.pseudolabel import Resources, backend_options, pseudolabel_dataset
 
+    refuse_existing(args.out, overwrite=args.overwrite)  # before any model is loaded
     resources = Resources(core=args.core, core_type=args.core_type, adapter=args.adapter, seggpt=args.seggpt, device=args.device)
     options = backend_options(args.backend, resources)
     qc = pseudolabel_dataset(

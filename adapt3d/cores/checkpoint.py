@@ -30,8 +30,13 @@ from adapt3d.errors import CheckpointError
 SAFE_GLOBALS: list[Any] = [argparse.Namespace, collections.Counter]
 
 
-def _pickle_globals(path: Path) -> list[str]:
-    """Names of the globals a pickle (raw or inside a torch zip) would import — parsed, never run."""
+def _qualname(obj: Any) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _pickle_globals(path: Path, allowed: list[Any]) -> list[str]:
+    """Names of the globals a pickle (raw or inside a torch zip) would import beyond ``allowed`` —
+    parsed, never run."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
@@ -49,8 +54,35 @@ def _pickle_globals(path: Path) -> list[str]:
                 strings.append(arg)
     except Exception:
         return []
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
-    return [n for n in dict.fromkeys(names) if n not in allowed and not n.startswith(("torch.", "collections.OrderedDict"))]
+    ok = {_qualname(g) for g in allowed}
+    return [n for n in dict.fromkeys(names) if n not in ok and not n.startswith(("torch.", "collections.OrderedDict"))]
+
+
+def safe_torch_load(path: str | os.PathLike, allowed: list[Any] = SAFE_GLOBALS, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` with ``allowed`` as the only extra globals, on the CPU.
+
+    Anything else in the pickle is refused with a :class:`CheckpointError` naming the file and
+    the globals, before any of it is unpickled.
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(list(allowed)), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter from torch
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        names = _pickle_globals(path, list(allowed)) or re.findall(r"GLOBAL (\S+)", text)
+        if not names and "Unsupported global" not in text:
+            detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            raise CheckpointError(f"{path}: not a readable {what} ({detail})") from None
+        raise CheckpointError(
+            f"{path}: refused to load: the pickle references objects outside the allow-list "
+            f"({', '.join(dict.fromkeys(names)) or 'unknown'}); adapt3d never runs code from a {what} — "
+            "re-save it as a plain state dict or safetensors"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable {what} ({first})") from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
@@ -64,24 +96,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: checkpoint file is empty")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter from torch
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        names = _pickle_globals(path) or re.findall(r"GLOBAL (\S+)", text)
-        if not names and "Unsupported global" not in text:
-            detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
-            raise CheckpointError(f"{path}: not a readable checkpoint ({detail})") from None
-        raise CheckpointError(
-            f"{path}: refused to load: the pickle references objects outside the allow-list "
-            f"({', '.join(dict.fromkeys(names)) or 'unknown'}); adapt3d never runs code from a checkpoint — "
-            "re-save it as a plain state dict or safetensors"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+    return safe_torch_load(path)
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from adapt3d.cores import load_core
 from adapt3d.errors import ConfigError, RunInterrupted
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
 from adapt3d.runs import RunFinished, caveats, claim_run_dir, env_record, finish_run_dir, now, partial_dir, write_json
+from adapt3d.train.checkpoint_io import SafeCheckpointIO
 from adapt3d.train.checks import check_experiment
 from adapt3d.train.config import ExperimentConfig, config_hash, load_experiment, problem_summary
 from adapt3d.train.data import CropDataset, EpochSampler
@@ -119,7 +120,7 @@ def _trainer(cfg: ExperimentConfig, run_dir: Path, *, label: str, log_version: s
         strategy=cfg.train.strategy, precision=cfg.train.precision,
         logger=CSVLogger(run_dir, name="logs", version=log_version), callbacks=[TrainingProgress(label), *callbacks],
         use_distributed_sampler=False, enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
-        log_every_n_steps=1, default_root_dir=run_dir, **kwargs,
+        log_every_n_steps=1, default_root_dir=run_dir, plugins=[SafeCheckpointIO()], **kwargs,
     )
 
 

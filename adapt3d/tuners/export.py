@@ -15,8 +15,9 @@ from safetensors.torch import load_file, save_file
 from adapt3d.atomic import atomic_file
 from adapt3d.config import build_dataclass
 from adapt3d.cores import CORES, save_core
-from adapt3d.cores.registry import core_config_dict
-from adapt3d.errors import CheckpointError
+from adapt3d.cores.preprocessing import Preprocessing
+from adapt3d.cores.registry import core_config_dict, core_preprocessing
+from adapt3d.errors import CheckpointError, ConfigError
 from adapt3d.tuners.config import AdapterConfig
 from adapt3d.tuners.io import save_adapter
 from adapt3d.tuners.model import AdaptedModel
@@ -57,24 +58,55 @@ def merged_state(model: AdaptedModel, name: str) -> dict[str, torch.Tensor]:
     return merged.state_dict()
 
 
-def export_merged(model: AdaptedModel, out: str | os.PathLike, *, name: str | None = None, fmt: str = "official") -> ExportResult:
+#: Checkpoint format of an export, by the output file's ending (.bin: SegVol's release name).
+FORMAT_BY_ENDING = {".safetensors": "safetensors", ".pth": "official", ".pt": "official", ".bin": "official"}
+
+
+def format_for(out: str | os.PathLike, fmt: str | None = None) -> str:
+    """The checkpoint format output ``out`` asks for by its ending; ``fmt``, when given, must agree.
+
+    ``.safetensors`` → safetensors, ``.pth``/``.pt``/``.bin`` → the core's official torch format; any other
+    ending, or a ``fmt`` that disagrees with it, is a :class:`ConfigError`.
+    """
+    ending = Path(out).suffix
+    if ending not in FORMAT_BY_ENDING:
+        raise ConfigError(f"{out}: the ending decides the format: use .safetensors (safetensors) or .pth/.pt/.bin (official torch format)")
+    wanted = FORMAT_BY_ENDING[ending]
+    if fmt is not None and fmt != wanted:
+        raise ConfigError(f"{out}: format {fmt!r} disagrees with the ending {ending!r} ({wanted}); change one of them")
+    return wanted
+
+
+def export_path(model: AdaptedModel, out: str | os.PathLike) -> Path:
+    """Where ``export_merged`` writes for ``out``: ``out`` itself, or ``<stem>.adapt3d.safetensors``
+    beside it for methods that cannot merge."""
+    out = Path(out)
+    if model.tuner.mergeable or model.tuner.family == "none":
+        return out
+    return out.with_name(out.name.split(".")[0] + ".adapt3d.safetensors")
+
+
+def export_merged(
+    model: AdaptedModel, out: str | os.PathLike, *, name: str | None = None, fmt: str | None = None
+) -> ExportResult:
     """Write the adapted model as core weights loadable by the original model code.
 
-    LoRA, DoRA and full fine-tuning merge into official-format weights (``fmt`` "official" or
-    "safetensors"). Bottleneck adapters add layers the original code does not have: they are
+    LoRA, DoRA and full fine-tuning merge into official-format weights; the format follows the
+    ending of ``out`` (:func:`format_for`; ``fmt`` "official" or "safetensors", when given, must
+    agree with it). Bottleneck adapters add layers the original code does not have: they are
     written with the core as adapt3d safetensors (``load_exported`` reads them) and the result
     says so.
     """
     name = name or model.active or next(iter(model.configs))
-    tuner = model.tuner
-    out = Path(out)
-    if tuner.mergeable or tuner.family == "none":
+    fmt = format_for(out, fmt)
+    path = export_path(model, out)
+    if path == Path(out):
         state = merged_state(model, name)
         path = save_core(model.core, out, fmt=fmt, state=state)
         return ExportResult(path, True, f"wrote merged {model.core_name} weights ({fmt}) to {path}")
-    path = out.with_name(out.name.split(".")[0] + ".adapt3d.safetensors")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.core.state_dict().items()}
-    meta = {"core": model.core_name, "core_config": core_config_dict(model.core), "adapter": model.configs[name].to_dict()}
+    meta = {"core": model.core_name, "core_config": core_config_dict(model.core), "adapter": model.configs[name].to_dict(),
+            "preprocessing": model.preprocessing.to_dict()}
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata={"adapt3d_export": json.dumps(meta)})
     message = (
@@ -103,5 +135,9 @@ def load_exported(path: str | os.PathLike) -> AdaptedModel:
     model = AdaptedModel(core, fingerprint="exported")
     model.add(AdapterConfig.from_dict(meta["adapter"], where=str(path)))
     model.core.load_state_dict(tensors, strict=True)
+    model.core.preprocessing = (
+        Preprocessing.from_dict(meta["preprocessing"], where=f"{path}: preprocessing") if "preprocessing" in meta
+        else core_preprocessing(model.core)
+    )
     model.set_trainable(None)
     return model

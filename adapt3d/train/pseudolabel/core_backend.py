@@ -131,7 +131,8 @@ def _load(resources: Resources) -> dict:
     core = load_model(resources.core, core_type=resources.core_type, device=resources.device)
     if resources.adapter is not None:
         core = load_adapter(core, resources.adapter).to(resources.device).eval()
-    return {"core": core}
+    prep = core.preprocessing  # resample and normalise as the core's checkpoint says
+    return {"core": core, "target_spacing": prep.spacing, "normalization": prep.normalization}
 
 
 PSEUDOLABEL_BACKENDS.register(
