@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adapt3d.data.nifti import load_volume, save_volume
+    from adapt3d.data.imageio import check_output_ending, load_volume, save_volume
     from adapt3d.errors import ConfigError
     from adapt3d.infer.predictor import CropPredictor
     from adapt3d.infer.resampling_policy import working_spacing
@@ -72,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.point:
         raise ConfigError("give at least one --point (a positive click inside the object)")
-    if not (args.out.endswith(".nii.gz") or args.out.endswith(".nii")):
-        raise ConfigError(f"{args.out}: output must end in .nii.gz or .nii")
+    check_output_ending(args.out)
     config = WholeVolumeConfig(
         resample=args.resample, spacing=args.spacing, overlap=args.overlap, max_windows=args.max_windows
     )
