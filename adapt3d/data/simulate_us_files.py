@@ -35,12 +35,12 @@ def _source_json(image_path: Path) -> tuple[Path | None, dict]:
 
 
 def _licence(folder: Path | None, info: dict) -> str:
-    """Licence from dataset.json, else the row naming the dataset in a README table beside it."""
+    """Licence from dataset.json, else the row naming the dataset in a README/ATTRIBUTION table beside it."""
     for key in ("licence", "license"):
         if info.get(key):
             return str(info[key])
     if folder is not None:
-        for readme in (folder / "README.md", folder.parent / "README.md"):
+        for readme in (folder / "README.md", folder.parent / "README.md", folder.parent / "ATTRIBUTION.md"):
             lines = readme.read_text(encoding="utf-8", errors="replace").splitlines() if readme.is_file() else []
             for line in lines:
                 cells = [c.strip() for c in line.strip().strip("|").split("|")]
