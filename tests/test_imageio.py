@@ -133,6 +133,30 @@ def test_same_volume_as_nifti_metaimage_nrrd_gives_same_card_numbers_and_predict
     assert cards[".mha"] == cards[".nii.gz"] == cards[".nrrd"]
     assert metrics[".mha"] == metrics[".nii.gz"] == metrics[".nrrd"] and metrics[".mha"][0][2]["3"] > 0
     assert np.array_equal(masks[".mha"], masks[".nii.gz"]) and np.array_equal(masks[".nrrd"], masks[".nii.gz"])
+    assert main(["report", str(tmp_path / "eval_nrrd"), "--out", str(tmp_path / "report")]) == 0  # overlays read NRRD
+    overlays = json.loads((tmp_path / "report" / "report.json").read_text())["overlays"]
+    assert overlays and all(o["shown"] for o in overlays), overlays
+
+
+def test_pseudolabels_of_a_metaimage_dataset_stay_metaimage(nnunet_dataset, tmp_path):
+    """.mhd headers name a separate data file: images are copied with it, pseudo-labels written beside theirs."""
+    from adapt3d.data.nnunet import read_dataset
+
+    for path in sorted(nnunet_dataset.glob("*/*.nii.gz")):
+        kind = "label" if path.parent.name.startswith("labels") else "image"
+        volume = load_volume(path, kind=kind)
+        save_volume(volume.array.astype(np.uint8) if kind == "label" else volume.array, volume.affine, path.with_name(path.name.replace(".nii.gz", ".mhd")))
+        path.unlink()
+    info = json.loads((nnunet_dataset / "dataset.json").read_text())
+    (nnunet_dataset / "dataset.json").write_text(json.dumps({**info, "file_ending": ".mhd"}))
+    out = tmp_path / "Dataset903_Pseudo"
+    assert main(["pseudolabel", "--data", str(nnunet_dataset), "--every", "3", "--backend", "nearest", "--out", str(out)]) == 0
+    ds = read_dataset(out)
+    assert ds.info["file_ending"] == ".mhd" and [c.case_id for c in ds.labelled] == ["case_a", "case_b"]
+    for case in ds.labelled:
+        image, label = load_volume(case.image_path), load_volume(case.label_path, kind="label")
+        assert np.array_equal(image.array, load_volume(nnunet_dataset / "imagesTr" / case.image_path.name).array)
+        assert np.array_equal(label.affine, image.affine) and data_files(case.label_path)
 
 
 def test_detached_headers_pair_with_their_data_files_and_are_hashed(tmp_path, capsys):
