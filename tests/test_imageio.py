@@ -201,8 +201,8 @@ def test_unsupported_file_ending_is_one_line(nnunet_dataset, tmp_path, capsys):
 
 
 def test_check_output_ending_names_the_path_and_the_endings(core_path, tmp_path, capsys):
-    assert [check_output_ending(f"dir.v2/mask{e.upper() if e == '.mha' else e}") for e in supported_endings()] == list(supported_endings())
-    for bad in ("mask.png", "mask.gz", "mask", ".nii.gz"):
+    assert [check_output_ending(f"dir.v2/mask{e}") for e in supported_endings()] == list(supported_endings())
+    for bad in ("mask.png", "mask.gz", "mask", ".nii.gz", "mask.MHA"):
         with pytest.raises(ConfigError, match=f"^{bad}: output must end in .nii.gz, .nii, .mha, .mhd, .nrrd or .nhdr"):
             check_output_ending(bad)
     rc = main(["predict", "--core", str(core_path), "--image", str(PHANTOM), "--point", "5,5,5", "--out", str(tmp_path / "m.tif")])

@@ -12,13 +12,14 @@ stand-in target domain: no openly licensed 3D ultrasound with masks is available
 NOT real ultrasound; every dataset written carries SIMULATED.md (source file, licence, seed,
 parameters) and a dataset.json whose description starts with "SIMULATED ultrasound".
 
-Model: a probe on one face of the volume with a pyramidal fan (--angle), speckle (--speckle),
+Model: a probe on one side of the body (--probe: anterior by default, or auto from the source
+dataset's anatomy; docs/simulated_us.md) with a pyramidal fan (--angle), speckle (--speckle),
 boundary echoes and acoustic shadows behind strong reflectors (from a pseudo-impedance of the
 input intensities), depth attenuation partly compensated by time-gain control, anisotropic blur,
 log compression. Intensities are in [1, 255] inside the fan and 0 outside it. Labels keep the
 input grid; label voxels outside the fan are set to 0 and the fraction cut per class is reported.
 
-Output (nnU-Net v2 raw layout): DIR/dataset.json, DIR/imagesTr/<case>_0000.nii.gz,
+Output (nnU-Net v2 raw layout, in the source's format): DIR/dataset.json, DIR/imagesTr/<case>_0000.nii.gz,
 DIR/labelsTr/<case>.nii.gz (when a label is given), DIR/SIMULATED.md. DIR must not exist unless
 --overwrite. Same input, seed and options give identical files.
 

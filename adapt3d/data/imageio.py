@@ -101,8 +101,11 @@ def _endings_text() -> str:
 
 
 def ending_of(path: str | os.PathLike) -> str | None:
-    """The registered ending ``path`` ends with (the longest, so ``.nii.gz`` beats ``.gz``), or None."""
-    name = Path(path).name.lower()
+    """The registered ending ``path`` ends with (the longest, so ``.nii.gz`` beats ``.nii``), or None.
+
+    Endings are matched in lower case only, as nnU-Net does (ITK's MetaImage writer renames ``.MHA``).
+    """
+    name = Path(path).name
     matches = [e for e in FORMATS if name.endswith(e) and len(name) > len(e)]
     return max(matches, key=len) if matches else None
 
@@ -126,7 +129,7 @@ def data_files(path: str | os.PathLike) -> list[Path]:
 def is_data_file(path: str | os.PathLike, ending: str) -> bool:
     """Whether ``path`` is a data file that headers of ``ending``'s format may name (e.g. ``.zraw`` for ``.mhd``)."""
     fmt = FORMATS.get(ending)
-    return fmt is not None and Path(path).name.lower().endswith(fmt.data_endings)
+    return fmt is not None and Path(path).name.endswith(fmt.data_endings)
 
 
 def check_output_ending(path: str | os.PathLike) -> str:
