@@ -317,6 +317,7 @@ def test_cli_probe_option_places_the_fan_and_says_where(sample_data, tmp_path, c
     assert "probe: posterior (auto: every class is posterior anatomy (spinal_cord))" in capsys.readouterr().out
     assert "Probe: posterior (auto:" in (tmp_path / "auto" / "SIMULATED.md").read_text()
     assert main(["simulate-us", "--dataset", str(src), "--cases", "sct_t1w", "--probe", "posterior", "--out", str(tmp_path / "p")]) == 0
+    assert "probe: posterior (probe_axis 'P')" in capsys.readouterr().out
     auto, posterior = (load_volume(tmp_path / d / "imagesTr" / "sct_t1w_0000.nii.gz").array for d in ("auto", "p"))
     image = spine_case(sample_data)[0]
     assert np.array_equal(auto, posterior) and np.array_equal(posterior > 0, fan_mask(image, UltrasoundParams(probe_axis="P")))

@@ -70,6 +70,6 @@ def resolve_probe(params: UltrasoundParams, info: dict) -> tuple[UltrasoundParam
     """``params`` with ``probe_axis="auto"`` replaced by the side for the dataset ``info``, and a note saying where the probe is."""
     if params.probe_axis.strip() != "auto":
         axis = params.probe_axis.strip()
-        return params, f"{_NAMES.get(axis.upper(), axis)} (as given)" if len(axis) == 1 else f"beam along {axis} (as given)"
+        return params, f"{_NAMES[axis.upper()]} (probe_axis {axis!r})" if len(axis) == 1 else f"beam along {axis} (probe_axis {axis!r})"
     side, why = auto_probe_side(info)
     return dataclasses.replace(params, probe_axis=side), f"{_NAMES[side]} ({why})"
