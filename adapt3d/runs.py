@@ -19,7 +19,7 @@ from adapt3d.atomic import atomic_file, writable_dir
 from adapt3d.errors import ConfigError
 
 SCHEMA = 1
-PACKAGES = ("torch", "peft", "lightning", "monai", "numpy", "nibabel", "omegaconf", "transformers")
+PACKAGES = ("torch", "peft", "lightning", "monai", "numpy", "nibabel", "SimpleITK", "omegaconf", "transformers")
 
 
 def now() -> str:

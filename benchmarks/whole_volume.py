@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from adapt3d import load_core
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.infer import WholeVolumeConfig, WholeVolumePredictor
 
 

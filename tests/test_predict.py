@@ -10,7 +10,7 @@ from tiny import SAMPLE_DATA, TINY_SAM, nudge_trainable, randomise
 from adapt3d import load_core
 from adapt3d.cli import main
 from adapt3d.cores import save_core
-from adapt3d.data.nifti import Volume, load_volume
+from adapt3d.data.imageio import Volume, load_volume
 from adapt3d.data.preprocess import centred_window, from_working_grid, to_working_grid
 
 CT = SAMPLE_DATA / "Dataset001_TotalSegExampleCT" / "imagesTr" / "ts_ct_0000.nii.gz"

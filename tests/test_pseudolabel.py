@@ -14,7 +14,7 @@ from tiny import SAMPLE_DATA, TINY_SAM, randomise
 from adapt3d import load_core
 from adapt3d.cli import main
 from adapt3d.cores import save_core
-from adapt3d.data.nifti import Volume, load_volume
+from adapt3d.data.imageio import Volume, load_volume
 from adapt3d.data.nnunet import read_dataset
 from adapt3d.errors import ConfigError, InputError
 from adapt3d.train.pseudolabel import (

@@ -22,7 +22,7 @@ from adapt3d.cores import load_core, save_core
 from adapt3d.cores.segvol import SegVol, SegVolConfig, check_class_names, load_tokenizer, prompt_sentence
 from adapt3d.cores.segvol.model import infer_config
 from adapt3d.cores.segvol.zoom import segment_volume, segvol_normalise, zoom_out_zoom_in
-from adapt3d.data.nifti import load_volume
+from adapt3d.data.imageio import load_volume
 from adapt3d.errors import CheckpointError, ConfigError, InputError
 
 MR_IMAGE = SAMPLE_DATA / "Dataset002_TotalSegExampleMR" / "imagesTr" / "ts_mr_sm_0000.nii.gz"

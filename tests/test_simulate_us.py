@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from adapt3d.cli import main
-from adapt3d.data.nifti import Volume, load_volume
+from adapt3d.data.imageio import Volume, load_volume
 from adapt3d.data.simulate_us import (
     UltrasoundParams,
     fan_mask,
@@ -270,3 +270,71 @@ def test_labels_named_from_ids_without_source_dataset_json(ids, expected, tmp_pa
     assert result["labels"] == {"background": 0, **expected}
     assert json.loads((tmp_path / "o" / "dataset.json").read_text())["labels"] == result["labels"]
     assert "unknown" in json.loads((tmp_path / "o" / "dataset.json").read_text())["licence"]
+
+
+# ---------------------------------------------------------------- probe placement and file formats
+
+ABDOMEN = "Dataset002_TotalSegExampleMR"
+
+
+def test_default_probe_on_the_abdominal_mri_is_anterior(sample_data):
+    """The embedded abdominal MRI is LPS (j runs anterior -> posterior): the fan's apex is on the low-j face."""
+    image = load_volume(sample_data / ABDOMEN / "imagesTr" / "ts_mr_sm_0000.nii.gz")
+    assert image.orientation == "LPS"
+    fan = fan_mask(image, UltrasoundParams(angles_deg=(90.0, 90.0)))
+    anterior, posterior = fan[:, :10].sum(), fan[:, -10:].sum()
+    assert 0 < anterior < 0.2 * posterior  # narrow near the probe, wide at depth
+    assert np.array_equal(fan, fan_mask(image, UltrasoundParams(probe_axis="auto", angles_deg=(90.0, 90.0))))
+    back = fan_mask(image, UltrasoundParams(probe_axis="P", angles_deg=(90.0, 90.0)))
+    assert back[:, -10:].sum() < 0.2 * back[:, :10].sum()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "side", "why"),
+    [(ABDOMEN, "A", "'abdominal' in the dataset name/description"), ("Dataset003_SpinalCordMR", "P", "every class is posterior"),
+     ("Dataset004_BrainTumourMR", "S", "'brain'"), ("Dataset005_SpinePhantomUS", "P", "'spine'")],
+)
+def test_auto_probe_follows_the_datasets_anatomy(sample_data, dataset, side, why):
+    from adapt3d.data.simulate_us_probe import auto_probe_side
+
+    got, reason = auto_probe_side(json.loads((sample_data / dataset / "dataset.json").read_text()))
+    assert got == side and why in reason
+    assert auto_probe_side({}) == ("A", "auto: no anatomy named in dataset.json, anterior")
+
+
+def test_cli_probe_option_places_the_fan_and_says_where(sample_data, tmp_path, capsys):
+    src = sample_data / SPINE
+    assert main(["simulate-us", "--dataset", str(src), "--cases", "sct_t1w", "--probe", "auto", "--out", str(tmp_path / "auto")]) == 0
+    assert "probe: posterior (auto: every class is posterior anatomy (spinal_cord))" in capsys.readouterr().out
+    assert "Probe: posterior (auto:" in (tmp_path / "auto" / "SIMULATED.md").read_text()
+    assert main(["simulate-us", "--dataset", str(src), "--cases", "sct_t1w", "--probe", "posterior", "--out", str(tmp_path / "p")]) == 0
+    assert "probe: posterior (probe_axis 'P')" in capsys.readouterr().out
+    auto, posterior = (load_volume(tmp_path / d / "imagesTr" / "sct_t1w_0000.nii.gz").array for d in ("auto", "p"))
+    image = spine_case(sample_data)[0]
+    assert np.array_equal(auto, posterior) and np.array_equal(posterior > 0, fan_mask(image, UltrasoundParams(probe_axis="P")))
+    assert not np.array_equal(posterior > 0, fan_mask(image, UltrasoundParams()))  # the default, anterior
+
+
+@pytest.mark.parametrize(("argv", "text"), [(["--probe", "front"], "--probe: 'front' is not one of anterior"),
+                                            (["--probe", "left", "--probe-axis", "+i"], "--probe or --probe-axis, not both")])
+def test_cli_bad_probe_one_line(argv, text, tmp_path, write_nifti, capsys):
+    src = write_nifti(tmp_path / "vol.nii.gz", phantom((20, 20, 20)))
+    assert main(["simulate-us", str(src), *argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and text in err and not (tmp_path / "o").exists()
+
+
+def test_nrrd_source_gives_an_nrrd_dataset_on_the_same_geometry(tmp_path):
+    from adapt3d.data.imageio import save_volume
+
+    affine = np.array([[0.0, 0.0, 1.2, 5.0], [-0.8, 0.0, 0.0, 3.0], [0.0, 1.0, 0.0, -2.0], [0, 0, 0, 1]])
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[8:12, 8:12, 4:12] = 1
+    src = save_volume(phantom((20, 20, 20)), affine, tmp_path / "in" / "vol_0000.nrrd")
+    lab = save_volume(label, affine, tmp_path / "in" / "vol.nrrd")
+    simulate_us_files(src, lab, tmp_path / "o", params=UltrasoundParams(probe_axis="+k"))
+    info = json.loads((tmp_path / "o" / "dataset.json").read_text())
+    assert info["file_ending"] == ".nrrd"
+    us, cut = load_volume(tmp_path / "o" / "imagesTr" / "vol_0000.nrrd"), load_volume(tmp_path / "o" / "labelsTr" / "vol.nrrd", kind="label")
+    assert np.array_equal(us.affine, load_volume(src).affine) and np.array_equal(cut.affine, us.affine)
+    assert np.array_equal(us.array, simulate_ultrasound(load_volume(src), params=UltrasoundParams(probe_axis="+k"))[0].array)

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from adapt3d import load_core
 from adapt3d.cli import main
 from adapt3d.cores import save_core
-from adapt3d.data.nifti import Volume, load_volume
+from adapt3d.data.imageio import Volume, load_volume
 from adapt3d.data.preprocess import to_working_grid
 from adapt3d.errors import ConfigError
 from adapt3d.infer import CropPredictor, WholeVolumeConfig, WholeVolumePredictor, working_spacing

@@ -9,6 +9,8 @@ HELP = "validate an nnU-Net v2 raw dataset and write its dataset card (YAML)"
 DESCRIPTION = """\
 Validate an nnU-Net v2 raw dataset (dataset.json, imagesTr/<case>_0000.nii.gz,
 labelsTr/<case>.nii.gz, optional imagesTs/ and labelsTs/) and write a dataset card.
+Files may be .nii.gz, .nii, .mha, .mhd, .nrrd or .nhdr: one format per dataset, the
+file_ending of dataset.json (files in another format are reported once per folder).
 
 Every problem is reported at once, one line per file: missing or invalid dataset.json,
 unpaired files, shape or affine mismatches between image and label, undeclared label ids,

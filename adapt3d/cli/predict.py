@@ -34,7 +34,7 @@ outside the image is refused before the core is loaded. A negative first value p
 (--point -1,53,5; --point=-1,53,5 works too). Clicks are applied one after another, each
 seeing the previous mask, as in interactive use.
 
-The ending of --out decides the mask format (.nii.gz or .nii); an existing --out is refused
+The ending of --out decides the mask format (.nii.gz, .nii, .mha, .mhd, .nrrd, .nhdr); an existing --out is refused
 unless --overwrite.
 
 example:
@@ -56,7 +56,6 @@ def _point(text: str) -> tuple[float, float, float]:
 
 
 #: Mask endings predict writes (one place to extend when the image I/O gains formats).
-MASK_ENDINGS = (".nii.gz", ".nii")
 #: Arguments such as "-1,53,5" are values, not options. argparse only knows single negative
 #: numbers as values (the pattern below extends its own; Python ≥ 3.13 already accepts these).
 _NEGATIVE_VALUES = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d*\.?\d+(,\s*-?\d*\.?\d+)+$")
@@ -65,10 +64,9 @@ _NEGATIVE_VALUES = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d*\.?\d+(,\s*-?\d*\.?\d+)
 def check_output(out: str, overwrite: bool) -> Path:
     """The mask path, if its ending is one predict writes and it may be written (else one-line errors)."""
     from adapt3d.atomic import refuse_existing
-    from adapt3d.errors import ConfigError
+    from adapt3d.data.imageio import check_output_ending
 
-    if not out.endswith(MASK_ENDINGS):
-        raise ConfigError(f"{out}: the ending decides the mask format: use {' or '.join(MASK_ENDINGS)}")
+    check_output_ending(out)  # the ending decides the format (NIfTI, MetaImage, NRRD)
     return refuse_existing(out, overwrite=overwrite)
 
 
@@ -77,11 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--core", required=True, metavar="CKPT", help="core checkpoint (.pth official format, state dict, or .safetensors)")
     p.add_argument("--core-type", default="sam-med3d", help="core architecture (default: sam-med3d)")
     p.add_argument("--adapter", metavar="DIR", help="adapter directory to apply on the core (e.g. RUN/adapter)")
-    p.add_argument("--image", required=True, metavar="NIFTI", help="input image (.nii.gz)")
+    p.add_argument("--image", required=True, metavar="IMAGE", help="input image (.nii.gz, .nii, .mha, .mhd, .nrrd, .nhdr)")
     p.add_argument("--modality", default="auto", help="CT, MR or US (default: auto = CT if the image has values below -500)")
     p.add_argument("--point", type=_point, action="append", default=[], metavar="I,J,K", help="positive click (repeatable)")
     p.add_argument("--negative", type=_point, action="append", default=[], metavar="I,J,K", help="negative click (repeatable)")
-    p.add_argument("--out", required=True, metavar="NIFTI", help="output mask (.nii.gz or .nii: the ending decides)")
+    p.add_argument("--out", required=True, metavar="MASK", help="output mask (.nii.gz, .nii, .mha, .mhd, .nrrd, .nhdr: the ending decides)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--mode", choices=["whole", "crop"], default="whole", help="whole object over several windows (default) or the single official crop")
@@ -92,7 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adapt3d.data.nifti import load_volume, save_volume
+    from adapt3d.data.imageio import load_volume, save_volume
     from adapt3d.errors import ConfigError
     from adapt3d.infer.predictor import CropPredictor, check_inside
     from adapt3d.infer.resampling_policy import working_spacing

@@ -12,13 +12,14 @@ stand-in target domain: no openly licensed 3D ultrasound with masks is available
 NOT real ultrasound; every dataset written carries SIMULATED.md (source file, licence, seed,
 parameters) and a dataset.json whose description starts with "SIMULATED ultrasound".
 
-Model: a probe on one face of the volume with a pyramidal fan (--angle), speckle (--speckle),
+Model: a probe on one side of the body (--probe: anterior by default, or auto from the source
+dataset's anatomy; docs/simulated_us.md) with a pyramidal fan (--angle), speckle (--speckle),
 boundary echoes and acoustic shadows behind strong reflectors (from a pseudo-impedance of the
 input intensities), depth attenuation partly compensated by time-gain control, anisotropic blur,
 log compression. Intensities are in [1, 255] inside the fan and 0 outside it. Labels keep the
 input grid; label voxels outside the fan are set to 0 and the fraction cut per class is reported.
 
-Output (nnU-Net v2 raw layout): DIR/dataset.json, DIR/imagesTr/<case>_0000.nii.gz,
+Output (nnU-Net v2 raw layout, in the source's format): DIR/dataset.json, DIR/imagesTr/<case>_0000.nii.gz,
 DIR/labelsTr/<case>.nii.gz (when a label is given), DIR/SIMULATED.md. DIR must not exist unless
 --overwrite. Same input, seed and options give identical files.
 
@@ -29,7 +30,7 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", nargs="?", metavar="IN.nii.gz", help="source MRI/CT volume (3D NIfTI)")
+    p.add_argument("image", nargs="?", metavar="IN.nii.gz", help="source MRI/CT volume (.nii.gz, .nii, .mha, .mhd, .nrrd or .nhdr); output in its format")
     p.add_argument("--label", metavar="L.nii.gz", help="label map on the same grid as IN")
     p.add_argument("--dataset", metavar="SRC_DIR", help="convert every case of this nnU-Net raw dataset instead of IN")
     p.add_argument("--cases", nargs="+", metavar="CASE", help="with --dataset: only these case ids")
@@ -38,9 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (with --dataset, case n uses seed + n; default 0)")
     g = p.add_argument_group("simulated probe")
     g.add_argument(
+        "--probe", metavar="SIDE",
+        help="side of the body the probe sits on: anterior (default), posterior, left, right, superior, inferior, "
+        "or auto: from the source dataset.json's anatomy (classes, then name/description: spine -> posterior, "
+        "brain -> superior, else anterior); found in the volume from its affine (docs/simulated_us.md)",
+    )
+    g.add_argument(
         "--probe-axis", metavar="AXIS",
-        help="anatomical side the probe sits on (R L A P S I) or beam direction along a voxel axis "
-        "(+i -i +j -j +k -k; -j = probe on the high-j face); default A (anterior)",
+        help="instead of --probe: beam direction along a voxel axis (+i -i +j -j +k -k; -j = probe on the "
+        "high-j face) or a side letter (R L A P S I)",
     )
     g.add_argument(
         "--probe-position", nargs=3, type=float, metavar=("FI", "FJ", "FK"),
@@ -61,6 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from adapt3d.data.simulate_us import UltrasoundParams
     from adapt3d.data.simulate_us_files import simulate_us_dataset, simulate_us_files
+    from adapt3d.data.simulate_us_probe import probe_axis_for
     from adapt3d.errors import ConfigError
 
     if (args.image is None) == (args.dataset is None):
@@ -69,10 +77,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("simulate-us: --label goes with IN.nii.gz, not --dataset (labels come from labelsTr/)")
     if args.cases and args.dataset is None:
         raise ConfigError("simulate-us: --cases goes with --dataset")
+    if args.probe is not None and args.probe_axis is not None:
+        raise ConfigError("simulate-us: give --probe or --probe-axis, not both")
     if args.angle and len(args.angle) > 2:
         raise ConfigError(f"simulate-us --angle: give 1 or 2 angles, not {len(args.angle)}")
     given = {
-        "probe_axis": args.probe_axis,
+        "probe_axis": args.probe_axis or (probe_axis_for(args.probe) if args.probe is not None else None),
         "probe_position": tuple(args.probe_position) if args.probe_position else None,
         "angles_deg": (args.angle[0], args.angle[-1]) if args.angle else None,
         "depth_mm": args.depth_mm,
@@ -93,5 +103,6 @@ def run(args: argparse.Namespace) -> int:
         cut = case["label_cut"]
         lost = ", ".join(f"{name} {100 * f:.1f}%" for name, f in cut.items() if f > 0) if cut else ""
         print(f"{case['case']}: SIMULATED ultrasound (seed {case['seed']})" + (f"; label cut outside the fan: {lost}" if lost else ""))
+    print(f"probe: {result['probe']}")
     print(f"wrote {result['out_dir']} (SIMULATED ultrasound, see SIMULATED.md)")
     return 0

@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from adapt3d.atomic import atomic_file
+from adapt3d.data.imageio import data_files
 from adapt3d.data.nnunet import CaseInfo, Dataset, check_dataset
 from adapt3d.errors import InputError
 
@@ -69,7 +70,7 @@ def _spacing_summary(infos: list[CaseInfo]) -> dict[str, list[float]]:
 
 def build_card(ds: Dataset, infos: list[CaseInfo], *, licence: str | None = None) -> dict:
     """The card of a validated dataset; ``infos`` must carry label counts (``check_voxels=True``)."""
-    files = [ds.root / "dataset.json"] + [p for c in ds.cases for p in (c.image_path, c.label_path) if p is not None]
+    files = [ds.root / "dataset.json"] + [q for c in ds.cases for p in (c.image_path, c.label_path) if p is not None for q in (p, *data_files(p))]
     return {
         "card_version": CARD_VERSION,
         "name": ds.name,

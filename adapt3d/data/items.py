@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from adapt3d.data.card import sha256_file
-from adapt3d.data.nifti import Volume, load_volume
+from adapt3d.data.imageio import Volume, data_files, load_volume
 from adapt3d.data.nnunet import Case, Dataset, binary_targets, load_case
 from adapt3d.data.preprocess import Grid, clamp_ct, to_working_grid
 from adapt3d.errors import ConfigError
@@ -139,7 +139,7 @@ def prepare_case(case: Case, modality: str, target_spacing: tuple[float, float, 
 def files_hash(paths: list[Path]) -> str:
     """Short hash over the contents of ``paths`` (the data files a run used), for provenance."""
     h = hashlib.sha256()
-    for path in sorted({Path(p).resolve() for p in paths}):
+    for path in sorted({Path(q).resolve() for p in paths for q in (p, *data_files(p))}):
         h.update(path.name.encode())
         h.update(sha256_file(path).encode())
     return h.hexdigest()[:16]

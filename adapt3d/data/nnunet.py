@@ -16,11 +16,10 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from adapt3d.data.nifti import Volume, load_volume, open_nifti
+from adapt3d.data.imageio import Volume, ending_of, is_data_file, load_volume, read_geometry, supported_endings
 from adapt3d.errors import InputError
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
-SUPPORTED_ENDINGS = (".nii.gz", ".nii")
 MODALITY_ALIASES = {"ct": "CT", "mr": "MR", "mri": "MR", "us": "US", "ultrasound": "US"}
 SPACING_RTOL = 1e-4  # relative, on voxel sizes
 DIRECTION_ATOL = 1e-4  # on unit direction cosines
@@ -144,22 +143,41 @@ def _parse_labels(info: dict) -> tuple[dict[str, int], list[str]]:
 
 def _parse_ending(info: dict) -> tuple[str | None, list[str]]:
     ending = info.get("file_ending", ".nii.gz")
-    if ending not in SUPPORTED_ENDINGS:
-        return None, [f"dataset.json: file_ending {ending!r} is not supported (use {' or '.join(SUPPORTED_ENDINGS)})"]
+    if ending not in supported_endings():
+        return None, [f"dataset.json: file_ending {ending!r} is not supported (use {', '.join(supported_endings())})"]
     return ending, []
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")) if folder.is_dir() else []
+def _mixed_endings(folder: str, files: list[Path], ending: str) -> list[str]:
+    """One line per folder for image files in another supported format than ``file_ending``."""
+    others: dict[str, list[str]] = {}
+    for path in files:
+        other = ending_of(path)
+        if other is not None and other != ending:
+            others.setdefault(other, []).append(path.name)
+    if not others:
+        return []
+    found = "; ".join(f"{len(names)} {e} (e.g. {names[0]})" for e, names in sorted(others.items()))
+    return [f"{folder}/: mixed file endings: {found}, but dataset.json file_ending is {ending!r}; convert every file to one format"]
+
+
+def _files(folder: Path, ending: str) -> list[Path]:
+    """The visible files of ``folder``, without the data files of detached headers (``.mhd`` -> ``.zraw``)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and not is_data_file(p, ending))
 
 
 def _pair_split(root: Path, split: str, ending: str) -> tuple[list[Case], list[str]]:
     images_dir, labels_dir = SPLITS[split]
     images: dict[str, Path] = {}
     misnamed: dict[str, Path] = {}
-    problems: list[str] = []
-    for path in _files(root / images_dir):
+    image_files, label_files = _files(root / images_dir, ending), _files(root / labels_dir, ending)
+    problems = _mixed_endings(images_dir, image_files, ending) + _mixed_endings(labels_dir, label_files, ending)
+    for path in image_files:
         rel = f"{images_dir}/{path.name}"
+        if ending_of(path) not in (None, ending):
+            continue  # reported once per folder
         if not path.name.endswith(ending):
             problems.append(f"{rel}: not a {ending!r} file (dataset.json file_ending)")
             continue
@@ -171,9 +189,11 @@ def _pair_split(root: Path, split: str, ending: str) -> tuple[list[Case], list[s
         else:
             images[match["case"]] = path
     labels: dict[str, Path] = {}
-    for path in _files(root / labels_dir):
+    for path in label_files:
         rel = f"{labels_dir}/{path.name}"
         case_id = path.name[: -len(ending)] if path.name.endswith(ending) else None
+        if ending_of(path) not in (None, ending):
+            continue  # reported once per folder
         if case_id is None:
             problems.append(f"{rel}: not a {ending!r} file (dataset.json file_ending)")
         elif case_id in images:
@@ -254,17 +274,10 @@ def _relative(message: str, path: Path, root: Path) -> str:
 def _header(path: Path, root: Path, problems: list[str]) -> tuple[tuple[int, int, int], np.ndarray] | None:
     """Shape and affine from the header only; a problem is recorded and ``None`` returned if unusable."""
     try:
-        img = open_nifti(path)
+        return read_geometry(path)
     except InputError as exc:
         problems.append(_relative(str(exc), path, root))
         return None
-    shape = tuple(int(s) for s in img.shape)
-    shape = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
-    if len(shape) != 3 or min(shape) < 2:
-        what = f"{len(shape)}D shape {shape}" if len(shape) != 3 else f"a degenerate shape {shape}"
-        problems.append(f"{path.relative_to(root).as_posix()}: expected a 3D volume, got {what}")
-        return None
-    return shape, np.asarray(img.affine, dtype=np.float64)  # type: ignore[return-value]
 
 
 def _fmt(values: np.ndarray) -> str:

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.registry import Registry
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from adapt3d.data import nnunet
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.errors import ConfigError, InputError
 
 
@@ -41,7 +41,10 @@ class UltrasoundParams:
 
     probe_axis: where the probe sits. ``"+i"``, ``"-j"``, ... give the beam direction along a voxel
     axis (``"-j"``: probe on the high-j face, beam toward low j; anterior for RAS volumes); a
-    letter ``R L A P S I`` names the anatomical side of the volume the probe sits on.
+    letter ``R L A P S I`` names the anatomical side of the volume the probe sits on (found from
+    the affine's direction: the voxel axis nearest to that side); ``"auto"`` is resolved from the
+    source dataset's anatomy by :func:`adapt3d.data.simulate_us_probe.resolve_probe` (anterior
+    when nothing is known).
     probe_position: probe location as fractions of the volume extent per voxel axis (0 and 1 are
     the outer faces; values outside [0, 1] place it outside the volume); None: the face centre.
     """
@@ -66,8 +69,8 @@ class UltrasoundParams:
 
     def __post_init__(self) -> None:
         axis = self.probe_axis.strip()
-        if not ((len(axis) == 2 and axis[0] in "+-" and axis[1] in _AXES) or axis.upper() in _OPPOSITE):
-            raise ConfigError(f"simulate-us probe_axis: {self.probe_axis!r} is not one of +i -i +j -j +k -k R L A P S I")
+        if not ((len(axis) == 2 and axis[0] in "+-" and axis[1] in _AXES) or axis.upper() in _OPPOSITE or axis == "auto"):
+            raise ConfigError(f"simulate-us probe_axis: {self.probe_axis!r} is not one of +i -i +j -j +k -k R L A P S I auto")
         if len(self.angles_deg) != 2 or not all(0.0 < a < 180.0 for a in self.angles_deg):
             raise ConfigError(f"simulate-us angles_deg: {self.angles_deg} must be two opening angles in (0, 180)")
         if self.probe_position is not None and len(self.probe_position) != 3:
@@ -101,6 +104,8 @@ class _Fan:
 def _beam_axis(probe_axis: str, affine: np.ndarray) -> tuple[int, int]:
     """Voxel axis the beam runs along and its sign (+1: toward increasing index)."""
     axis = probe_axis.strip()
+    if axis == "auto":  # no dataset information here: an anterior probe
+        axis = "A"
     if axis[0] in "+-":
         return _AXES[axis[1]], 1 if axis[0] == "+" else -1
     side = axis.upper()

@@ -13,8 +13,9 @@ from tqdm import tqdm
 
 from adapt3d.atomic import atomic_dir
 from adapt3d.data import nnunet
-from adapt3d.data.nifti import save_volume
+from adapt3d.data.imageio import ending_of, save_volume, strip_ending
 from adapt3d.data.simulate_us import UltrasoundParams, check_label_grid, label_cut_fractions, simulate_ultrasound
+from adapt3d.data.simulate_us_probe import resolve_probe
 from adapt3d.errors import InputError
 
 _log = logging.getLogger(__name__)
@@ -34,12 +35,12 @@ def _source_json(image_path: Path) -> tuple[Path | None, dict]:
 
 
 def _licence(folder: Path | None, info: dict) -> str:
-    """Licence from dataset.json, else the row naming the dataset in a README table beside it."""
+    """Licence from dataset.json, else the row naming the dataset in a README/ATTRIBUTION table beside it."""
     for key in ("licence", "license"):
         if info.get(key):
             return str(info[key])
     if folder is not None:
-        for readme in (folder / "README.md", folder.parent / "README.md"):
+        for readme in (folder / "README.md", folder.parent / "README.md", folder.parent / "ATTRIBUTION.md"):
             lines = readme.read_text(encoding="utf-8", errors="replace").splitlines() if readme.is_file() else []
             for line in lines:
                 cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -49,13 +50,17 @@ def _licence(folder: Path | None, info: dict) -> str:
 
 
 def _case_id(image_path: Path) -> str:
-    stem = image_path.name.removesuffix(".gz").removesuffix(".nii")
-    return re.sub(r"_\d{4}$", "", stem)
+    return re.sub(r"_\d{4}$", "", strip_ending(image_path))
 
 
 def _write(jobs: list[tuple[nnunet.Case, int]], out_dir: Path, params: UltrasoundParams, source: Path, overwrite: bool) -> dict:
-    """Render every (case, seed) into a temporary dataset folder, then move it onto ``out_dir``."""
+    """Render every (case, seed) into a temporary dataset folder, then move it onto ``out_dir``.
+
+    Files are written in the source's format (its file ending) with the source's geometry.
+    """
     folder, info = _source_json(jobs[0][0].image_path)
+    ending = ending_of(jobs[0][0].image_path)
+    params, probe = resolve_probe(params, info)
     labels = info.get("labels") if isinstance(info.get("labels"), dict) else None
     modality = str((info.get("channel_names") or {}).get("0", "unknown"))
     found: set[int] = set()
@@ -65,10 +70,10 @@ def _write(jobs: list[tuple[nnunet.Case, int]], out_dir: Path, params: Ultrasoun
             image, label = nnunet.load_case(case)
             us, cut_label = simulate_ultrasound(image, label, seed=seed, params=params)
             images_dir, labels_dir = nnunet.SPLITS[case.split]
-            save_volume(us.array, us.affine, tmp / images_dir / f"{case.case_id}_0000.nii.gz", reference=image)
+            save_volume(us.array, us.affine, tmp / images_dir / f"{case.case_id}_0000{ending}", reference=image)
             cut = None
             if label is not None and cut_label is not None:
-                save_volume(cut_label.array, cut_label.affine, tmp / labels_dir / f"{case.case_id}.nii.gz", reference=label)
+                save_volume(cut_label.array, cut_label.affine, tmp / labels_dir / f"{case.case_id}{ending}", reference=label)
                 cut = label_cut_fractions(label.array, cut_label.array)
                 found.update(cut)
                 _log.debug("%s: label voxels outside the simulated fan (set to 0): %s", case.case_id, cut or "none")
@@ -87,15 +92,15 @@ def _write(jobs: list[tuple[nnunet.Case, int]], out_dir: Path, params: Ultrasoun
             "channel_names": {"0": "US"},
             "labels": labels,
             "numTraining": sum(case.split == "train" for case, _ in jobs),
-            "file_ending": ".nii.gz",
+            "file_ending": ending,
             "licence": f"as the source: {licence}",
         }
         (tmp / "dataset.json").write_text(json.dumps(dataset, indent=1) + "\n", encoding="utf-8")
-        (tmp / "SIMULATED.md").write_text(_provenance(source, modality, licence, params, results), encoding="utf-8")
-    return {"out_dir": str(out_dir), "cases": results, "labels": labels}
+        (tmp / "SIMULATED.md").write_text(_provenance(source, modality, licence, params, probe, results), encoding="utf-8")
+    return {"out_dir": str(out_dir), "cases": results, "labels": labels, "probe": probe}
 
 
-def _provenance(source: Path, modality: str, licence: str, params: UltrasoundParams, results: list[dict]) -> str:
+def _provenance(source: Path, modality: str, licence: str, params: UltrasoundParams, probe: str, results: list[dict]) -> str:
     rows = "\n".join(
         f"| {r['case']} | {r['source']} | {r['seed']} | {json.dumps(r['label_cut']) if r['label_cut'] is not None else 'no label'} |"
         for r in results
@@ -106,7 +111,7 @@ Every image here is a simulated ultrasound volume rendered by `adapt3d simulate-
 `{source}` (source modality: {modality}; licence: {licence}). It stands in for real 3D
 ultrasound, which was not available with masks; results on it must be reported as "simulated US".
 
-Rendering: fan-shaped field of view from a probe on one face, speckle, boundary echoes and
+Probe: {probe}. Rendering: fan-shaped field of view from a probe on one face, speckle, boundary echoes and
 acoustic shadows from a pseudo-impedance of the source intensities, depth attenuation with
 time-gain compensation, anisotropic blur, log compression. Intensities are in [1, 255] inside
 the fan and 0 outside it; label voxels outside the fan were set to 0 (fractions cut below).
@@ -134,7 +139,8 @@ def simulate_us_files(
 ) -> dict:
     """Write one SIMULATED-ultrasound case as an nnU-Net raw dataset in ``out_dir`` (atomic).
 
-    Returns ``{"out_dir", "cases": [{"case", "source", "seed", "label_cut"}], "labels"}``.
+    Returns ``{"out_dir", "cases": [{"case", "source", "seed", "label_cut"}], "labels", "probe"}`` (probe:
+    where the probe sat, in words; ``probe_axis="auto"`` is resolved from the source's dataset.json).
     """
     image_path = Path(image_path)
     case = nnunet.Case(_case_id(image_path), image_path, Path(label_path) if label_path is not None else None, "train")

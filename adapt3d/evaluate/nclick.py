@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from adapt3d.data.items import Item, PreparedCase, prepare_case
-from adapt3d.data.nifti import Volume, save_volume
+from adapt3d.data.imageio import Volume, ending_of, save_volume
 from adapt3d.data.preprocess import centred_window, from_working_grid, normalise
 from adapt3d.evaluate.metrics import dice, nsd, summarise
 from adapt3d.prompts.clicks import CLICK_SIMULATORS, Click
@@ -164,7 +164,8 @@ def case_record(
     }
     if predictions_dir is not None:
         k = max(masks)
-        path = predictions_dir / f"{item.case.case_id}__{item.class_name}__{k}.nii.gz"
+        ending = ending_of(item.case.image_path) or ".nii.gz"  # written in the input's format
+        path = predictions_dir / f"{item.case.case_id}__{item.class_name}__{k}{ending}"
         save_volume(masks[k].astype(np.uint8), image.affine, path, reference=image)
         record["prediction"] = str(path.relative_to(run_dir)) if run_dir else str(path)
     return record

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.data.preprocess import Grid, Window, centred_window, clamp_ct, from_working_grid, normalise, to_working_grid
 from adapt3d.errors import InputError
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from adapt3d.cores import load_core
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 
 
 def load_model(

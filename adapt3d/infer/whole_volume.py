@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from adapt3d.config import build_dataclass
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.data.preprocess import (
     NORMALISERS,
     Window,

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from scipy import ndimage
 
-from adapt3d.data.nifti import load_volume
+from adapt3d.data.imageio import load_volume
 from adapt3d.errors import InputError
 from adapt3d.report.document import Block, Figure, Note
 from adapt3d.report.figures import new_figure, to_png

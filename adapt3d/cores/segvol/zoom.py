@@ -12,7 +12,7 @@
    SegVol's demo. A window left with no prompt keeps the coarse logits.
 
 Arrays are in the model's axis order (d, h, w); :func:`segment_volume` maps a NIfTI
-:class:`~adapt3d.data.nifti.Volume` to it (RAS, then (z, y, x), as SegVol's pipeline) and back.
+:class:`~adapt3d.data.imageio.Volume` to it (RAS, then (z, y, x), as SegVol's pipeline) and back.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.data.preprocess import NORMALISERS, Grid, from_working_grid, to_working_grid
 from adapt3d.errors import ConfigError
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.errors import ConfigError
 from adapt3d.registry import Registry
 from adapt3d.train.pseudolabel.keyframes import SparseLabel, slab

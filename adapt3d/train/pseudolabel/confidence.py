@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.errors import ConfigError
 from adapt3d.train.pseudolabel.backends import propagate
 from adapt3d.train.pseudolabel.keyframes import IGNORE, SparseLabel, label_dtype

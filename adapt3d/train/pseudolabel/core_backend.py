@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 from torch import nn
 
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.data.preprocess import from_working_grid
 from adapt3d.errors import ConfigError
 from adapt3d.infer.predictor import CropPredictor

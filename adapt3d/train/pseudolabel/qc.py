@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.evaluate.metrics import dice, summarise
 from adapt3d.train.pseudolabel.backends import propagate
 from adapt3d.train.pseudolabel.confidence import DEFAULT_BAND, fuse

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.errors import CheckpointError, ConfigError
 from adapt3d.train.pseudolabel.backends import PSEUDOLABEL_BACKENDS, Backend, Probabilities, Resources, nearest_keyframes
 from adapt3d.train.pseudolabel.keyframes import SparseLabel, slab

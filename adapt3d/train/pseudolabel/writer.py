@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from adapt3d.atomic import atomic_file
-from adapt3d.data.nifti import Volume, save_volume
+from adapt3d.data.imageio import Volume, data_files, save_volume
 from adapt3d.data.nnunet import Case, Dataset
 from adapt3d.train.pseudolabel.keyframes import label_dtype
 
@@ -58,7 +58,8 @@ class PseudolabelWriter:
         """Copy the case's image and write its pseudo-label with ``reference``'s geometry and header."""
         images = self.root / "imagesTr"
         images.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(case.image_path, images / f"{case.case_id}_0000{self.ending}")
+        for src in (case.image_path, *data_files(case.image_path)):  # a .mhd/.nhdr header with its data file
+            shutil.copyfile(src, images / src.name)
         save_volume(pseudo, reference.affine, self.root / "labelsTr" / f"{case.case_id}{self.ending}", reference=reference, dtype=self.dtype)
         self.case_ids.append(case.case_id)
 
