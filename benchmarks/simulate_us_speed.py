@@ -25,7 +25,7 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def main() -> None:
-    from adapt3d.data.nifti import Volume
+    from adapt3d.data.imageio import Volume
     from adapt3d.data.simulate_us import UltrasoundParams, simulate_ultrasound
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -55,7 +55,6 @@ def _point(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-#: Mask endings predict writes (one place to extend when the image I/O gains formats).
 #: Arguments such as "-1,53,5" are values, not options. argparse only knows single negative
 #: numbers as values (the pattern below extends its own; Python ≥ 3.13 already accepts these).
 _NEGATIVE_VALUES = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d*\.?\d+(,\s*-?\d*\.?\d+)+$")
