@@ -187,7 +187,7 @@ def test_guard_best_state_survives_a_resume(tmp_path, core_path):
         whole = run_adaptation(load_experiment(path, ["name=whole"]))
         with pytest.raises(RuntimeError, match="simulated crash"):
             run_adaptation(load_experiment(path, ["name=resumed"]), callbacks=(_Interrupt(epoch=2),))
-    resumed_dir = tmp_path / "runs" / "resumed"
+    resumed_dir = tmp_path / "runs" / "resumed.partial"  # unfinished: not yet under its final name
     saved = SafeCheckpointIO().load_checkpoint(resumed_dir / "checkpoints" / "last.ckpt")["callbacks"]["RetentionMonitor"]
     assert saved["triggered"] is True and saved["best"]["step"] == saved["history"][0]["step"]
     resumed = run_adaptation(load_experiment(path, ["name=resumed"]), resume=True)  # epoch 2 only: no sabotage left
