@@ -152,3 +152,38 @@ def test_training_clicks_make_no_host_round_trip():
         counts[simulator] = counter.from_files("adapt3d/")
     assert counts["random"] == 0
     assert counts["center"] >= 3
+
+
+@pytest.mark.parametrize("backend", ["closed-form", "padded"])
+def test_attention_backends_match_the_official_encoder(backend):
+    from medim.models import sam_med3d as official
+
+    from adapt3d.cores.sam_med3d.attention import set_attention_backend
+    from adapt3d.cores.sam_med3d.image_encoder import ImageEncoderViT3D
+
+    kw = dict(img_size=28, patch_size=4, embed_dim=24, depth=2, num_heads=2, out_chans=12, window_size=3)
+    ref = official.ImageEncoderViT3D(
+        **kw, use_rel_pos=True, global_attn_indexes=(1,), norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6)
+    )
+    ours = ImageEncoderViT3D(**kw, global_attn_indexes=(1,))
+    randomise(ref, seed=4, scale=0.3)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    assert set_attention_backend(ours, backend) == 2
+    x = torch.randn(1, 1, 28, 28, 28, generator=torch.Generator().manual_seed(5))
+    out, out_ref = ours(x), ref(x)
+    assert (out - out_ref).abs().max().item() <= 1e-5
+    out.square().sum().backward()
+    out_ref.square().sum().backward()
+    grads = dict(ours.named_parameters())
+    for name, p in ref.named_parameters():
+        assert torch.allclose(p.grad, grads[name].grad, atol=1e-4, rtol=1e-4), name
+
+
+def test_attention_backend_choice():
+    from adapt3d.cores.sam_med3d.attention import resolve_backend, set_attention_backend, window_attention
+    from adapt3d.errors import ConfigError
+
+    assert resolve_backend("auto", torch.device("cpu")) is window_attention
+
+    with pytest.raises(ConfigError, match="attention backend 'fast'"):
+        set_attention_backend(load_core("sam-med3d", **TINY_SAM), "fast")
