@@ -252,7 +252,8 @@ class PromptEncoderBase(nn.Module):
 
     def sparse_tokens(self, bs: int, parts: list[torch.Tensor]) -> torch.Tensor:
         """The (bs, N, C) sparse embeddings: ``parts`` concatenated (N = 0 without any)."""
-        return torch.cat([torch.empty((bs, 0, self.embed_dim), device=self.no_mask_embed.weight.device), *parts], dim=1)
+        weight = self.no_mask_embed.weight
+        return torch.cat([weight.new_empty((bs, 0, self.embed_dim)), *parts], dim=1)
 
     def no_mask_dense(self, bs: int) -> torch.Tensor:
         """Dense embeddings without a mask prompt: ``no_mask_embed`` at every grid cell, (bs, C, *grid)."""

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from adapt3d.prompts.clicks import CLICK_SIMULATORS, Click, clicks_to_tensors
+from adapt3d.prompts.clicks import CLICK_SIMULATORS
+from adapt3d.prompts.device_clicks import TrainingClicks
 from adapt3d.train.config import TrainSection
 from adapt3d.train.losses import dice_ce_loss
 from adapt3d.tuners.model import AdaptedModel
@@ -34,32 +35,21 @@ class AdaptModule(L.LightningModule):
             model.core.image_encoder.grad_checkpointing = True
 
     def click_rounds(self, emb: torch.Tensor, target: torch.Tensor, known: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Mean loss over ``click_rounds`` rounds of simulated clicks on a batch of crops."""
+        """Mean loss over ``click_rounds`` rounds of simulated clicks on a batch of crops (clicks are
+        simulated on the batch's device where the simulator allows: no host round trip per round)."""
         b, size = target.shape[0], target.shape[-1]
-        gt = (target[:, 0] > 0.5) & (known[:, 0] > 0.5)
-        visible = (known[:, 0] > 0.5).cpu().numpy()
-        gt_np = gt.cpu().numpy()
+        visible = known[:, 0] > 0.5
+        clicks = TrainingClicks(self.cfg.click_simulator, (target[:, 0] > 0.5) & visible, visible, rng)
         low = self.model.low_res_size
         logits = torch.zeros(b, 1, low, low, low, device=emb.device, dtype=emb.dtype)
-        clicks: list[list[Click]] = [[] for _ in range(b)]
         pred = None
         total = 0.0
-        for r in range(self.cfg.click_rounds):
-            for i in range(b):
-                if not gt_np[i].any():
-                    continue
-                current = None if r == 0 else pred[i] & visible[i]
-                click = self.simulate(current, gt_np[i], rng=rng)
-                if click is not None:
-                    clicks[i].append(click)
-            for i in range(b):  # a crop without foreground still needs one (negative) prompt
-                if not clicks[i]:
-                    clicks[i].append(Click(tuple(int(v) for v in rng.integers(0, size, 3)), False))
-            pts, labels = clicks_to_tensors(clicks)
-            logits, _ = self.model.decode(emb, pts.to(emb.device), labels.to(emb.device), mask_logits=logits.detach())
+        for _ in range(self.cfg.click_rounds):
+            pts, labels = clicks.step(pred)
+            logits, _ = self.model.decode(emb, pts, labels, mask_logits=logits.detach())
             full = F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False)
             total = total + dice_ce_loss(full, target, known)
-            pred = (full.detach()[:, 0] > 0).cpu().numpy()
+            pred = full.detach()[:, 0] > 0
         return total / self.cfg.click_rounds
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -129,8 +129,13 @@ class PeftLora(Tuner):
         _check_same_keys(expected, state, where)
         set_peft_model_state_dict(net, state, adapter_name=name)
 
-    def slice_masks(self, net: nn.Module, core_name: str, cfg: AdapterConfig) -> None:
-        """Keep the k part of sliced fused-qkv layers frozen: mask LoRA-B (and DoRA magnitude) grads."""
+    def slice_masks(self, net: nn.Module, core_name: str, cfg: AdapterConfig, *, zero: bool = True) -> None:
+        """Keep the k part of sliced fused-qkv layers frozen: mask LoRA-B (and DoRA magnitude) grads.
+
+        The hooks hold no tensor: each zeroes slices of the gradient it is given, so they follow
+        the parameters through ``.to(device/dtype)``, autocast and DDP. Called again after a
+        conversion (``AdaptedModel._apply``, ``zero=False``) to re-register them on swapped tensors.
+        """
         if cfg.qkv_slices != "qv":
             return
         base = net.get_base_model()
@@ -138,16 +143,43 @@ class PeftLora(Tuner):
             layer = base.get_submodule(module_name)
             weight_b = layer.lora_B[cfg.name].weight
             dim = weight_b.shape[0] // 3
-            mask = torch.zeros_like(weight_b)
-            mask[:dim, : cfg.rank] = 1
-            mask[2 * dim :, cfg.rank :] = 1
-            with torch.no_grad():
-                weight_b.mul_(mask)
-            weight_b.register_hook(lambda g, m=mask: g * m)
+            keep_qv = QvSliceGrad(dim, cfg.rank, magnitude=False)
+            if zero:
+                with torch.no_grad():
+                    weight_b.copy_(keep_qv(weight_b))
+            _set_grad_hook(weight_b, keep_qv)
             if self.dora:
-                keep = torch.ones_like(layer.lora_magnitude_vector[cfg.name].weight)
-                keep[dim : 2 * dim] = 0
-                layer.lora_magnitude_vector[cfg.name].weight.register_hook(lambda g, m=keep: g * m)
+                _set_grad_hook(layer.lora_magnitude_vector[cfg.name].weight, QvSliceGrad(dim, cfg.rank, magnitude=True))
+
+
+def _set_grad_hook(param: nn.Parameter, hook) -> None:
+    """Make ``hook`` the one gradient hook of ``param``, registered on the tensor it holds now.
+
+    Conversions that swap tensors (``torch.__future__.set_swap_module_params_on_conversion``)
+    leave a stale hook record behind that no longer fires: it is dropped first.
+    """
+    param._backward_hooks = None
+    trainable = param.requires_grad
+    param.requires_grad_(True)
+    param.register_hook(hook)
+    param.requires_grad_(trainable)
+
+
+class QvSliceGrad:
+    """Zeroes what lies outside the q and v slices of a fused-qkv LoRA-B (3·dim × 2·rank: q rows ←
+    the first ``rank`` columns, v rows ← the last) or of a DoRA magnitude (3·dim: k rows)."""
+
+    def __init__(self, dim: int, rank: int, magnitude: bool) -> None:
+        self.dim, self.rank, self.magnitude = dim, rank, magnitude
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        d, r = self.dim, self.rank
+        out = grad.clone()
+        out[d : 2 * d] = 0
+        if not self.magnitude:
+            out[:d, r:] = 0
+            out[2 * d :, :r] = 0
+        return out
 
 
 def cfg_modules(net: nn.Module, name: str) -> list[str]:

@@ -93,6 +93,16 @@ class AdaptedModel(nn.Module):
             tuner.slice_masks(self.net, self.core_name, cfg)
         return names
 
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()``/``.cuda()``/``.double()`` …, then the q/v-slice gradient hooks are re-registered on
+        the parameters' current tensors (they would be lost where a conversion swaps tensors)."""
+        super()._apply(fn, recurse)
+        tuner = self.tuner
+        if isinstance(tuner, PeftLora):
+            for cfg in self.configs.values():
+                tuner.slice_masks(self.net, self.core_name, cfg, zero=False)
+        return self
+
     def set_trainable(self, name: str | None) -> None:
         """Make exactly adapter ``name``'s parameters trainable (None: nothing)."""
         for p in self.net.parameters():

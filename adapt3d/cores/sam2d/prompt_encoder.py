@@ -22,7 +22,8 @@ class PositionEmbeddingRandom(nn.Module):
         self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_pos_feats))
 
     def _encode(self, coords: torch.Tensor) -> torch.Tensor:
-        angles = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix * (2 * math.pi)
+        gaussian = self.positional_encoding_gaussian_matrix
+        angles = (2 * coords.to(gaussian.dtype) - 1) @ gaussian * (2 * math.pi)
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:

@@ -17,14 +17,26 @@ so the total softmax mass of the padded keys — the complement of the real box,
 disjoint pieces (w' padded; w' real and d' padded; w', d' real and h' padded) — has a closed form
 from per-axis log-sum-exps, with no cancellation. That mass becomes one extra key with value
 ``v_pad``. Padded queries are never computed (the official code discards their outputs).
+
+Two exact backends compute the same attention (:data:`ATTENTION_BACKENDS`): ``closed-form`` (the
+above: the real tokens only, plus one key holding the padding's mass) and ``padded`` (the official
+computation — padded windows, the full bias as an explicit SDPA mask — fused by SDPA). At 128³
+(8³ tokens, windows of 14) ``padded`` attends over 2744 keys per query instead of 513, so
+``closed-form`` is the default on every device (:data:`DEFAULT_BACKENDS`); ``padded`` exists so a
+GPU whose fused kernels favour regular shapes can be measured (``benchmarks/gpu_check.py``) and
+chosen per device with :func:`set_attention_backend`, with the reason in ``docs/gpu.md``.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
+from torch import nn
 from torch.nn import functional as F
+
+from adapt3d.registry import Registry
 
 Extents = tuple[int, int, int]
 
@@ -148,3 +160,46 @@ def window_attention(
     for (d0, d1, h0, h1, w0, w1), out in pieces:
         result[:, d0:d1, h0:h1, w0:w1] = out
     return result
+
+
+def padded_window_attention(
+    qkv: torch.Tensor,
+    pad_qkv: torch.Tensor | None,
+    rel_pos: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    num_heads: int,
+    window: int,
+) -> torch.Tensor:
+    """:func:`window_attention` as the official code computes it: the token grid padded with the
+    zero token's projection to whole windows, attention over every padded key, padding cropped."""
+    b, d, h, w, c3 = qkv.shape
+    if window == 0 or pad_qkv is None:
+        return window_attention(qkv, pad_qkv, rel_pos, num_heads, window)
+    padded = pad_qkv.view(1, 1, 1, 1, c3).expand(b, d + (-d) % window, h + (-h) % window, w + (-w) % window, c3)
+    padded = padded.clone()
+    padded[:, :d, :h, :w] = qkv
+    return window_attention(padded, None, rel_pos, num_heads, window)[:, :d, :h, :w]
+
+
+AttentionFn = Callable[..., torch.Tensor]
+ATTENTION_BACKENDS: Registry[AttentionFn] = Registry("attention backend")
+ATTENTION_BACKENDS.register("closed-form", window_attention)
+ATTENTION_BACKENDS.register("padded", padded_window_attention)
+#: The backend ``auto`` resolves to, per device type (closed-form where a type is not listed).
+DEFAULT_BACKENDS: dict[str, str] = {"cpu": "closed-form", "cuda": "closed-form"}
+
+
+def resolve_backend(name: str, device: torch.device) -> AttentionFn:
+    """The attention function for backend ``name`` (``auto``: :data:`DEFAULT_BACKENDS` for ``device``)."""
+    if name == "auto":
+        name = DEFAULT_BACKENDS.get(device.type, "closed-form")
+    return ATTENTION_BACKENDS.get(name)
+
+
+def set_attention_backend(model: nn.Module, name: str) -> int:
+    """Use backend ``name`` (or ``auto``) in every SAM-Med3D attention of ``model``; returns how many."""
+    if name != "auto":
+        ATTENTION_BACKENDS.get(name)  # unknown names fail here, naming the valid ones
+    layers = [m for m in model.modules() if hasattr(m, "attention_backend")]
+    for m in layers:
+        m.attention_backend = name
+    return len(layers)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from adapt3d.cores.common import LayerNorm3d, RelPosAttention, ViTBlock, ViTImageEncoder
-from adapt3d.cores.sam_med3d.attention import window_attention
+from adapt3d.cores.sam_med3d.attention import resolve_backend
 
 
 class PatchEmbed3D(nn.Module):
@@ -28,6 +28,7 @@ class Attention(RelPosAttention):
     def __init__(self, dim: int, num_heads: int, rel_size: int, window_size: int, qkv_bias: bool = True) -> None:
         super().__init__(dim, num_heads, rel_size, qkv_bias)
         self.window_size = window_size
+        self.attention_backend = "auto"  # see adapt3d.cores.sam_med3d.attention.ATTENTION_BACKENDS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)
@@ -35,7 +36,8 @@ class Attention(RelPosAttention):
         if self.window_size and any(s % self.window_size for s in x.shape[1:4]):
             pad = self.qkv(x.new_zeros(1, x.shape[-1]))[0]  # what a padded (zero) token projects to
         rel = (self.rel_pos_d, self.rel_pos_h, self.rel_pos_w)
-        return self.proj(window_attention(qkv, pad, rel, self.num_heads, self.window_size))
+        attend = resolve_backend(self.attention_backend, x.device)
+        return self.proj(attend(qkv, pad, rel, self.num_heads, self.window_size))
 
 
 class Block(ViTBlock):

@@ -19,7 +19,8 @@ class PositionEmbeddingRandom3D(nn.Module):
 
     def _encode(self, coords: torch.Tensor) -> torch.Tensor:
         """Encode coordinates in [0, 1]; output is [sin, cos, sin] as in the released weights' code."""
-        proj = 2 * math.pi * ((2 * coords - 1) @ self.positional_encoding_gaussian_matrix)
+        gaussian = self.positional_encoding_gaussian_matrix
+        proj = 2 * math.pi * ((2 * coords.to(gaussian.dtype) - 1) @ gaussian)
         return torch.cat([torch.sin(proj), torch.cos(proj), torch.sin(proj)], dim=-1)
 
     def forward(self, size: tuple[int, int, int]) -> torch.Tensor:

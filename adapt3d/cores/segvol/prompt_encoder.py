@@ -26,7 +26,8 @@ class PositionEmbeddingRandom(PositionEmbeddingRandom3D):
     """Random Fourier features ``[sin, cos]`` of 3D coordinates, normalised as the release does."""
 
     def _encode(self, coords: torch.Tensor) -> torch.Tensor:
-        proj = 2 * math.pi * ((2 * coords - 1) @ self.positional_encoding_gaussian_matrix)
+        gaussian = self.positional_encoding_gaussian_matrix
+        proj = 2 * math.pi * ((2 * coords.to(gaussian.dtype) - 1) @ gaussian)
         return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
 
     def forward(self, size: Grid) -> torch.Tensor:

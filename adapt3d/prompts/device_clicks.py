@@ -1,0 +1,130 @@
+"""Batched click simulation for training, on the masks' own device: no host round trip per round.
+
+Training simulates a click per crop and round on (B, D, H, W) masks that live on the GPU. The
+numpy simulators of :mod:`adapt3d.prompts.clicks` need the masks on the host (a device→host copy
+and a synchronisation per round); the policies registered in :data:`DEVICE_CLICK_SIMULATORS` run
+on the batch where it is, with a seeded :class:`torch.Generator` on that device, and never read a
+value back. :class:`TrainingClicks` uses one when the configured simulator has one and falls back
+to the numpy simulator otherwise (e.g. ``center``, whose deepest-point search needs scipy).
+The numpy simulators stay the reference for evaluation, where exact ties matter.
+
+Semantics shared with the host path (and tested against it):
+
+* round 0 clicks the object (the error of an empty prediction); crops whose ground truth is
+  empty get one negative click at a uniformly drawn voxel, and no click after that;
+* a crop whose prediction is exact gets no click that round (label -1, "no point");
+* voxels outside ``valid`` (unknown label) are never clicked.
+
+The host path pads shorter click lists at the end; here every crop has one token per round, a
+crop without a click that round holding a "no point" token in its place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from adapt3d.prompts.clicks import CLICK_SIMULATORS, Click, clicks_to_tensors
+from adapt3d.registry import Registry
+
+#: A batched policy: (pred (B, …) bool or None before the first click, gt, valid, generator) →
+#: (points (B, 3) float32 voxel indices, labels (B,) int64: 1 positive, 0 negative, -1 no click).
+DeviceClickSimulator = Callable[
+    [torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]
+]
+DEVICE_CLICK_SIMULATORS: Registry[DeviceClickSimulator] = Registry("on-device click simulator")
+
+_SCORE_RANGE = 2**31 - 1  # integer scores: ties at the maximum are rare (≈ n / 2³¹) even at 128³
+
+
+def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """(B,) flat indices into ``shape`` → (B, len(shape)) float32 array-order indices."""
+    coords = []
+    for n in reversed(shape):
+        coords.append(flat % n)
+        flat = torch.div(flat, n, rounding_mode="floor")
+    return torch.stack(coords[::-1], dim=1).float()
+
+
+def uniform_choice(candidates: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One voxel drawn uniformly among the True voxels of each (…) mask of a (B, …) batch.
+
+    Returns (B,) flat indices and (B,) "has a candidate" flags. The argmax of i.i.d. random scores
+    over the candidates is a uniform draw among them, found without counting them (no sync).
+    """
+    flat = candidates.flatten(1)
+    scores = torch.randint(0, _SCORE_RANGE, flat.shape, generator=generator, device=flat.device, dtype=torch.int64)
+    scores = torch.where(flat, scores, -1)
+    return scores.argmax(dim=1), flat.any(dim=1)
+
+
+@DEVICE_CLICK_SIMULATORS.register("random")
+def random_clicks_batched(
+    pred: torch.Tensor | None, gt: torch.Tensor, valid: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``random`` training protocol on a batch: a uniform object voxel first, then a uniform
+    error voxel (positive on a false negative, negative on a false positive), within ``valid``."""
+    errors = gt if pred is None else (pred ^ gt) & valid
+    errors = errors & gt.flatten(1).any(dim=1).view(-1, *(1,) * (gt.dim() - 1))  # empty gt: no corrective click
+    flat, has = uniform_choice(errors, generator)
+    positive = gt.flatten(1).gather(1, flat[:, None])[:, 0]
+    labels = torch.where(has, positive.long(), torch.full_like(flat, -1))
+    return _unravel(flat, tuple(gt.shape[1:])), labels
+
+
+class TrainingClicks:
+    """The clicks of one batch over its rounds: ``step(pred)`` adds a click per crop and returns all
+    of them as (points (B, N, 3), labels (B, N)) on the masks' device, ready for ``decode``.
+
+    ``gt`` and ``valid`` are (B, D, H, W) bool; ``rng`` seeds the device generator (and drives the
+    host fallback), so the same rng state gives the same clicks.
+    """
+
+    def __init__(self, simulator: str, gt: torch.Tensor, valid: torch.Tensor, rng: np.random.Generator) -> None:
+        self.gt, self.valid, self.rng = gt, valid, rng
+        self.batched = DEVICE_CLICK_SIMULATORS.get(simulator) if simulator in DEVICE_CLICK_SIMULATORS else None
+        self.host = None if self.batched is not None else CLICK_SIMULATORS.get(simulator)
+        self.generator = None
+        if self.batched is not None:
+            self.generator = torch.Generator(device=gt.device).manual_seed(int(rng.integers(2**62)))
+        self.points: torch.Tensor = gt.new_zeros((gt.shape[0], 0, 3), dtype=torch.float32)
+        self.labels: torch.Tensor = gt.new_zeros((gt.shape[0], 0), dtype=torch.int64)
+        self.lists: list[list[Click]] = [[] for _ in range(gt.shape[0])]
+        self.rounds = 0
+
+    def step(self, pred: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add this round's clicks given the current prediction (None before the first click)."""
+        first = self.rounds == 0
+        self.rounds += 1
+        if self.batched is None:
+            return self._host_step(pred)
+        points, labels = self.batched(pred, self.gt, self.valid, self.generator)
+        if first:  # a crop without foreground still needs one (negative) prompt
+            dev, b = points.device, points.shape[0]
+            random_voxel = torch.stack(
+                [torch.randint(0, n, (b,), generator=self.generator, device=dev) for n in self.gt.shape[1:]], dim=1
+            ).float()
+            empty = labels < 0
+            points = torch.where(empty[:, None], random_voxel, points)
+            labels = torch.where(empty, torch.zeros_like(labels), labels)
+        self.points = torch.cat([self.points, points[:, None]], dim=1)
+        self.labels = torch.cat([self.labels, labels[:, None]], dim=1)
+        return self.points, self.labels
+
+    def _host_step(self, pred: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The numpy simulators, one crop at a time (masks copied to the host)."""
+        gt = self.gt.cpu().numpy()
+        current = None if pred is None else (pred & self.valid).cpu().numpy()
+        for i, clicks in enumerate(self.lists):
+            if not gt[i].any():
+                continue
+            click = self.host(None if current is None else current[i], gt[i], rng=self.rng)
+            if click is not None:
+                clicks.append(click)
+        for clicks in self.lists:
+            if not clicks:
+                clicks.append(Click(tuple(int(v) for v in self.rng.integers(0, gt.shape[-1], 3)), False))
+        points, labels = clicks_to_tensors(self.lists)
+        return points.to(self.gt.device), labels.to(self.gt.device)
