@@ -101,13 +101,32 @@ class RetentionSection:
 
 @dataclass(frozen=True)
 class ContextHeadSection:
+    """The VoCo-style context head of the published recipe (USCL-Med3D); docs/recipe.md traces
+    each default: [VoCo] = VoCo's paper/public code, which the recipe follows; [recipe] = the
+    recipe's description; [adapt3d] = adapt3d's own choice where both are silent."""
+
     enabled: bool = False
-    base_crops: int = 4
-    random_crops: int = 4
-    momentum: float = 0.9
-    weight: float = 0.1
-    projection_dim: int = 128
-    pretrain_epochs: int = 0  # > 0: a context-only stage before the segmentation training
+    pool: str = ""  # nnU-Net raw dataset whose images (labelled or not) feed the head; "": the target's unlabelled images
+    crop_mm: float = 0.0  # base-crop side in mm; 0: fitted to the pool's smallest field of view [adapt3d]
+    base_crops: int = 4  # a 2 × 2 × 1 grid [adapt3d; VoCo tiles 4 × 4 × 1]
+    random_crops: int = 4  # random crops per step [adapt3d; VoCo's sw_batch_size]
+    momentum: float = 0.9  # EMA teacher momentum, fixed [VoCo code; recipe: EMA 0.9]
+    reg_weight: float = 1.0  # base-crop regulariser weight [VoCo code: pred + reg, both weight 1]
+    weight: float = 0.0  # context loss weight in the segmentation stage; 0: context stage only [recipe: two stages]
+    projection_dim: int = 128  # [adapt3d; VoCo projects to 2048 with a 3-layer MLP]
+    pretrain_epochs: int = 2  # context stage length, in epochs of the training loader [recipe: context stage first; count: adapt3d]
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.base_crops <= 4:
+            raise ValueError(f"context_head.base_crops must be 2, 3 or 4, not {self.base_crops}")
+        if self.random_crops < 1 or self.projection_dim < 1 or self.pretrain_epochs < 0:
+            raise ValueError("context_head.random_crops and projection_dim must be >= 1, pretrain_epochs >= 0")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"context_head.momentum must be in [0, 1), not {self.momentum}")
+        if self.crop_mm < 0 or self.weight < 0 or self.reg_weight < 0:
+            raise ValueError("context_head.crop_mm, weight and reg_weight must be >= 0")
+        if self.enabled and self.pretrain_epochs == 0 and self.weight == 0:
+            raise ValueError("context_head is enabled but trains nothing: set pretrain_epochs > 0 or weight > 0")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from adapt3d.errors import ConfigError
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
 from adapt3d.runs import SCHEMA, caveats, env_record, now, prepare_run_dir, write_json
 from adapt3d.train.config import ExperimentConfig, config_hash, config_yaml
+from adapt3d.train.context import context_loss_for, context_pool
 from adapt3d.train.data import CropDataset, EpochSampler
 from adapt3d.train.domains import Domain, extra_items, load_domain
 from adapt3d.train.module import AdaptModule
@@ -67,6 +68,7 @@ def run_adaptation(
         train_items = pseudo if cfg.pseudolabel.mode == "replace" else train_items + pseudo
     if not train_items:
         raise ConfigError(f"{cfg.pseudolabel.path or target.dataset.root}: no training items after the declared split")
+    pool = context_pool(cfg, target) if cfg.context_head.enabled else None  # checked before any model work
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # also makes a randomly initialised core reproducible
     core = load_core(cfg.core.name, cfg.core.checkpoint, **cfg.core.arch)
     run_dir = cfg.run_dir
@@ -92,14 +94,10 @@ def run_adaptation(
         normalization=cfg.data.normalization, seed=cfg.seed, samples_per_item=cfg.train.samples_per_item,
         jitter=cfg.train.jitter, augment=cfg.train.augment,
     )
-    extra_loss = None
-    if cfg.context_head.enabled:
-        from adapt3d.train.context import context_loss_for
-
-        extra_loss = context_loss_for(model, cfg, target)
+    extra_loss, context = (None, None) if pool is None else context_loss_for(model, cfg, pool)
     module = AdaptModule(model, cfg.train, cfg.seed, extra_loss=extra_loss)
     if extra_loss is not None and cfg.context_head.pretrain_epochs > 0 and not resume:
-        _context_stage(module, cfg, dataset, run_dir)
+        context.update(_context_stage(module, cfg, dataset, run_dir))
     monitor = RetentionMonitor(
         reference=reference.split.test if reference else [], reference_modality=reference.modality if reference else "CT",
         frozen_dice=frozen, target_val=target.split.val, target_modality=target.modality, protocol=protocol,
@@ -164,15 +162,17 @@ def run_adaptation(
         "domains": domains, "retention": retention,
         "training": {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
                      "wall_seconds": round(time.time() - t0, 1), "loss_history": module.loss_history,
-                     "context_head": cfg.context_head.enabled, "pseudolabels": cfg.pseudolabel.enabled},
+                     "context_head": cfg.context_head.enabled, "context": context, "pseudolabels": cfg.pseudolabel.enabled},
         "caveats": info["caveats"],
     }
     write_json(run_dir / "metrics.json", metrics)
     return run_dir
 
 
-def _context_stage(module: AdaptModule, cfg: ExperimentConfig, dataset: CropDataset, run_dir: Path) -> None:
-    """Context-only pre-adaptation: the adapters learn from the contrastive task before segmentation."""
+def _context_stage(module: AdaptModule, cfg: ExperimentConfig, dataset: CropDataset, run_dir: Path) -> dict:
+    """The recipe's first stage: the adapters (in effect the encoder's, the decoder gets no gradient)
+    and the head learn the contrastive task alone; returns its steps, time and loss history."""
+    t0 = time.time()
     module.seg_enabled = False
     stage = L.Trainer(
         max_epochs=cfg.context_head.pretrain_epochs, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
@@ -184,6 +184,8 @@ def _context_stage(module: AdaptModule, cfg: ExperimentConfig, dataset: CropData
     module.train()
     stage.fit(module, train_dataloaders=DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler))
     module.seg_enabled = True
+    history, module.loss_history = module.loss_history, []
+    return {"context_steps": int(stage.global_step), "context_seconds": round(time.time() - t0, 1), "context_loss_history": history}
 
 
 def _card_metrics(domains: dict, target: str, protocol: Protocol, retention: dict | None) -> dict:
