@@ -200,6 +200,7 @@ def test_two_stage_run_on_the_phantom_pool_and_the_regulariser_changes_the_adapt
     ctx = metrics["training"]["context"]
     assert metrics["training"]["context_head"] is True
     assert ctx["pool"] == str(pool.resolve()) and ctx["pool_cases"] == ["spine_us"] and ctx["modality"] == "US"
+    assert any(c.startswith("Context head") and "phantom" in c for c in metrics["caveats"])
     assert ctx["crop_mm_from"] == "field of view (auto)" and ctx["reg_weight"] == 1.0
     fov = ctx["fov_extent_mm"]["spine_us"]
     assert 0 < ctx["crop_mm"] <= 32 * 1.5  # at most the tiny core's native view (32 voxels of 1.5 mm)

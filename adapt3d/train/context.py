@@ -19,6 +19,7 @@ published recipe (USCL-Med3D) builds its context head on; written here for adapt
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -230,10 +231,26 @@ class ContextHead(nn.Module):
         self.ema = dict(state.get("ema", {}))
 
 
-def context_pool(cfg, target) -> tuple[list[Case], str, str]:
-    """The context head's volumes, their modality and where they come from: every image of
-    ``context_head.pool`` (labelled or not, imagesTr and imagesTs), else the target's unlabelled
-    images, else the images of its training items. Cheap: checked before any model work."""
+@dataclass(frozen=True)
+class Pool:
+    """The volumes the context head learns from, their modality and where they come from."""
+
+    cases: list[Case]
+    modality: str
+    source: str  # the dataset folder (and which of its images)
+    description: str = ""  # the dataset's own dataset.json description (what the images are)
+
+    @property
+    def caveat(self) -> str:
+        """What the report says about the context head's data."""
+        about = f" — {self.description}" if self.description else "."
+        return f"Context head: a self-supervised stage (no labels used) on {len(self.cases)} {self.modality} image(s) of {self.source}{about}"
+
+
+def context_pool(cfg, target) -> Pool:
+    """Every image of ``context_head.pool`` (labelled or not, imagesTr and imagesTs), else the
+    target's unlabelled images, else the images of its training items. Cheap: checked before any
+    model work."""
     pool = cfg.context_head.pool
     if pool:
         if not Path(pool).is_dir():
@@ -241,31 +258,32 @@ def context_pool(cfg, target) -> tuple[list[Case], str, str]:
         ds = read_dataset(pool)
         if not ds.cases:
             raise ConfigError(f"context_head.pool: {pool} holds no images")
-        return list(ds.cases), ds.modality, str(ds.root)
-    cases = target.dataset.unlabelled or [i.case for i in target.split.train]
-    source = "target unlabelled images" if target.dataset.unlabelled else "target training images"
-    return list(dict.fromkeys(cases)), target.modality, source
+        return Pool(list(ds.cases), ds.modality, str(ds.root), str(ds.info.get("description") or ""))
+    ds = target.dataset
+    cases = ds.unlabelled or [i.case for i in target.split.train]
+    source = f"{ds.root} ({'unlabelled' if ds.unlabelled else 'training'} images of the target)"
+    return Pool(list(dict.fromkeys(cases)), target.modality, source, str(ds.info.get("description") or ""))
 
 
-def context_loss_for(model, cfg, pool: tuple[list[Case], str, str]) -> tuple[ContextHead, dict]:
-    """The context head of an experiment on ``pool`` (from ``context_pool``) and its run record."""
+def context_loss_for(model, cfg, pool: Pool) -> tuple[ContextHead, dict]:
+    """The context head of an experiment on ``pool`` and its run record (metrics.json training.context)."""
     ch = cfg.context_head
-    cases, modality, source = pool
     dim = model.core.config.prompt_dim if hasattr(model.core.config, "prompt_dim") else model.core.config.embed_dim
     native_mm = model.image_size * min(cfg.data.target_spacing)
-    extents = [fov_extent_mm(c) for c in cases] if ch.crop_mm <= 0 else []
+    extents = [fov_extent_mm(c) for c in pool.cases] if ch.crop_mm <= 0 else []
     crop_mm = auto_crop_mm(extents, native_mm) if extents else float(ch.crop_mm)
     head = ContextHead(
-        cases, modality, feature_dim=dim, size=model.image_size, crop_mm=crop_mm,
+        pool.cases, pool.modality, feature_dim=dim, size=model.image_size, crop_mm=crop_mm,
         normalization=cfg.data.normalization, base_crops=ch.base_crops, random_crops=ch.random_crops,
         momentum=ch.momentum, weight=ch.weight, reg_weight=ch.reg_weight, projection_dim=ch.projection_dim, seed=cfg.seed,
     )
     record = {
-        "pool": source, "pool_cases": [c.case_id for c in cases], "modality": modality,
+        "pool": pool.source, "pool_cases": [c.case_id for c in pool.cases], "modality": pool.modality,
         "crop_mm": crop_mm, "crop_mm_from": "setting" if ch.crop_mm > 0 else "field of view (auto)",
         "region_mm": [round(n * crop_mm, 2) for n in BASE_GRID], "crop_voxel_mm": round(crop_mm / model.image_size, 4),
-        "fov_extent_mm": {c.case_id: e for c, e in zip(cases, extents)},
+        "fov_extent_mm": {c.case_id: e for c, e in zip(pool.cases, extents)},
         "base_crops": ch.base_crops, "random_crops": ch.random_crops, "momentum": ch.momentum,
         "context_epochs": ch.pretrain_epochs, "segmentation_stage_weight": ch.weight, "reg_weight": ch.reg_weight,
+        "caveat": pool.caveat,
     }
     return head, record

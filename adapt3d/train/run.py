@@ -139,7 +139,7 @@ def run_adaptation(
     info = {
         "data": f"{target.dataset.name} ({target.modality}{', SIMULATED' if target.section.simulated else ''}): "
         f"{len(train_items)} training items ({', '.join(sorted({i.class_name for i in train_items}))})",
-        "caveats": caveats(cfg.core.description, domains),
+        "caveats": caveats(cfg.core.description, domains) + ([context["caveat"]] if context else []),
         "metrics": _card_metrics(domains, target.name, protocol, retention),
     }
     save_adapter(model, run_dir / "adapter", info=info, overwrite=True)
