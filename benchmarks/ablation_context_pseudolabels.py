@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=4, help="keyframe spacing in slices (default: 4)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0, help="experiment seed (splits, crops, clicks, init)")
+    parser.add_argument("--conditions", nargs="+", default=["A", "B", "C", "D"], help="which of A B C D to run")
     args = parser.parse_args()
     out = args.out.resolve()
     shutil.rmtree(out, ignore_errors=True)
@@ -76,6 +77,8 @@ def main() -> None:
     }
     runs, results = [], {"seed": args.seed, "every": args.every, "epochs": args.epochs, "conditions": {}}
     for name, extra in conditions.items():
+        if name[0] not in args.conditions:
+            continue
         cfg = load_experiment(REPO / "configs" / "experiment" / "demo_mr_lora.yaml", [
             f"name={name}", f"output_dir={out / 'runs'}", f"train.epochs={args.epochs}", f"seed={args.seed}",
             "pseudolabel.enabled=true", "pseudolabel.mode=replace", "context_head.random_crops=2", *extra,
