@@ -3,7 +3,9 @@
 1. render a SIMULATED ultrasound dataset from the embedded MRI (adapt3d simulate-us);
 2. LoRA-adapt the demo core (trained on the embedded CT) to the MRI and to the simulated
    ultrasound, each with a declared held-out-organ split, evaluating before/after at 1/3/5/10
-   clicks and tracking CT Dice retention on CT organs the core never trained on;
+   clicks and tracking CT Dice retention on CT organs the core never trained on; the ultrasound
+   adaptation starts with a self-supervised context stage on REAL ultrasound (the unlabelled
+   spine-phantom sweep, Dataset005_SpinePhantomUS), its labelled volumes stay simulated;
 3. write the cross-domain report, the adapters, and a merged export of the MRI adapter.
 """
 
@@ -20,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "datasets" / "sample"
 CONFIGS = REPO / "configs" / "experiment"
 DEMO_CORE = SAMPLE / "demo_core" / "demo_core.safetensors"
+PHANTOM = SAMPLE / "Dataset005_SpinePhantomUS"  # real 3D ultrasound, unlabelled: the US context head's pool
 MARKER = ".adapt3d-demo"
 
 
@@ -28,7 +31,7 @@ def _step(n: int, total: int, text: str, t0: float) -> None:
 
 
 def _check_sample() -> None:
-    missing = [p for p in (SAMPLE / "Dataset001_TotalSegExampleCT", SAMPLE / "Dataset002_TotalSegExampleMR", CONFIGS) if not p.exists()]
+    missing = [p for p in (SAMPLE / "Dataset001_TotalSegExampleCT", SAMPLE / "Dataset002_TotalSegExampleMR", PHANTOM, CONFIGS) if not p.exists()]
     if missing:
         raise InputError(f"{missing[0]}: demo data not found (run the demo from a source checkout of adapt3d)")
 
@@ -43,7 +46,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def core_overrides(core: str | None) -> list[str]:
-    """Config overrides for a user-supplied SAM-Med3D checkpoint (native 1.5 mm, 128³ crops)."""
+    """Config overrides for a user-supplied SAM-Med3D checkpoint (its own preprocessing: 1.5 mm, 128³ crops)."""
     if core is None:
         if not DEMO_CORE.exists():
             raise InputError(f"{DEMO_CORE}: demo core not found (rebuild it with 'adapt3d demo --build-core')")
@@ -51,7 +54,6 @@ def core_overrides(core: str | None) -> list[str]:
     path = Path(core).resolve()
     return [
         f"core.checkpoint={path}",
-        "data.target_spacing=[1.5,1.5,1.5]",
         f"core.description=user-supplied SAM-Med3D checkpoint {path.name} (its training data: see its own documentation)",
     ]
 
@@ -77,10 +79,10 @@ def run_demo(out: Path, *, core: str | None = None, overwrite: bool = False, epo
     us_data = out / "data" / "Dataset902_SimulatedUS"
     simulate_us_dataset(SAMPLE / "Dataset002_TotalSegExampleMR", us_data, seed=0, params=UltrasoundParams(angles_deg=(90.0, 90.0)))
     runs = {}
-    for i, (key, config, extra) in enumerate(
-        (("mri", "demo_mr_lora.yaml", []), ("us", "demo_us_lora.yaml", [f"data.target.path={us_data}"])), start=2
-    ):
-        _step(i, total, f"LoRA adaptation to {'MRI' if key == 'mri' else 'SIMULATED ultrasound'} (before/after, CT retention)", t0)
+    us = [f"data.target.path={us_data}", f"context_head.pool={PHANTOM}"]
+    texts = {"mri": "MRI", "us": "SIMULATED ultrasound, after a context stage on the REAL US phantom (unlabelled)"}
+    for i, (key, config, extra) in enumerate((("mri", "demo_mr_lora.yaml", []), ("us", "demo_us_lora.yaml", us)), start=2):
+        _step(i, total, f"LoRA adaptation to {texts[key]} (before/after, CT retention)", t0)
         cfg = load_experiment(CONFIGS / config, [f"output_dir={out / 'runs'}", *overrides, *extra])
         runs[key] = run_adaptation(cfg, overwrite=True)
     _step(4, total, "writing the cross-domain report", t0)
@@ -92,6 +94,8 @@ def run_demo(out: Path, *, core: str | None = None, overwrite: bool = False, epo
         metrics = json.loads((run / "metrics.json").read_text())
         print("\n".join(summary_lines(metrics)))
         print()
+    print("real data: the CT and MRI volumes (silver-standard labels), the ultrasound phantom (unlabelled,")
+    print("  used only by the context stage); SIMULATED: every labelled ultrasound volume (rendered from the MRI).")
     html = Path(report["paths"]["html"])
     print(f"report:  {html}")
     print(f"adapters: {runs['mri'] / 'adapter'}, {runs['us'] / 'adapter'}")
@@ -124,7 +128,7 @@ def build_demo_core(*, out: Path = DEMO_CORE, overrides: list[str] = ()) -> Path
     run = run_adaptation(cfg, overwrite=True)
     L.seed_everything(cfg.seed, verbose=False)  # the same random initialisation the run started from
     init = load_core(cfg.core.name, None, **cfg.core.arch)
-    init.preprocessing = Preprocessing(init.image_size, tuple(cfg.data.target_spacing), cfg.data.normalization)  # as trained
+    init.preprocessing = Preprocessing(init.image_size, tuple(cfg.data.target_spacing), cfg.data.normalization or init.preprocessing.normalization)  # as trained
     path = export_merged(load_adapter(init, run / "adapter"), out, fmt="safetensors").path
     shutil.copy(run / "metrics.json", out.parent / "demo_core_metrics.json")
     (out.parent / "DEMO_CORE.md").write_text(_core_card(json.loads((run / "metrics.json").read_text())))

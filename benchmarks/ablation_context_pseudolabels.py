@@ -9,8 +9,9 @@ organs (dense labels) at 1/3/5/10 clicks, with CT retention on the core's held-o
   C  LoRA on pseudo-labels propagated from the keyframes by the frozen demo core ("core" backend)
   D  C + context head
 
-    python benchmarks/ablation_context_pseudolabels.py --out runs/ablation
-Writes the four runs, the pseudo-label QC and `adapt3d report` of the four runs to --out.
+    PYTHONPATH=. python benchmarks/ablation_context_pseudolabels.py --out runs/ablation
+Writes the four runs, the pseudo-label QC, `adapt3d report` of the four runs and results.json
+(Dice per click count before/after, CT retention, context-head settings, wall time) to --out.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +60,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/ablation", type=Path)
     parser.add_argument("--every", type=int, default=4, help="keyframe spacing in slices (default: 4)")
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0, help="experiment seed (splits, crops, clicks, init)")
+    parser.add_argument("--conditions", nargs="+", default=["A", "B", "C", "D"], help="which of A B C D to run")
     args = parser.parse_args()
     out = args.out.resolve()
     shutil.rmtree(out, ignore_errors=True)
@@ -71,13 +75,18 @@ def main() -> None:
         "C_lora_pseudolabels": [f"pseudolabel.path={pseudo}"],
         "D_lora_pseudolabels_context": [f"pseudolabel.path={pseudo}", "context_head.enabled=true"],
     }
-    runs = []
+    runs, results = [], {"seed": args.seed, "every": args.every, "epochs": args.epochs, "conditions": {}}
     for name, extra in conditions.items():
+        if name[0] not in args.conditions:
+            continue
         cfg = load_experiment(REPO / "configs" / "experiment" / "demo_mr_lora.yaml", [
-            f"name={name}", f"output_dir={out / 'runs'}", f"train.epochs={args.epochs}",
+            f"name={name}", f"output_dir={out / 'runs'}", f"train.epochs={args.epochs}", f"seed={args.seed}",
             "pseudolabel.enabled=true", "pseudolabel.mode=replace", "context_head.random_crops=2", *extra,
         ])
+        t0 = time.time()
         runs.append(run_adaptation(cfg, overwrite=True))
+        results["conditions"][name] = _result(runs[-1], time.time() - t0)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(runs, out / "report", overwrite=True, title="Ablation: context head and keyframe pseudo-labels")
     qc = json.loads((pseudo / "qc.json").read_text())
     print(json.dumps({k: v for k, v in qc.items() if k != "cases"}, indent=1)[:1500])
@@ -85,6 +94,17 @@ def main() -> None:
         print(f"\n== {run.name}")
         print("\n".join(summary_lines(json.loads((run / "metrics.json").read_text()))))
     print(f"\nreport: {out / 'report' / 'report.html'}")
+
+
+def _result(run: Path, seconds: float) -> dict:
+    """The figures of one condition: target Dice (x100) per click count before/after, retention."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    target = next(d for d in metrics["domains"].values() if d.get("role") == "target")
+    dice = {stage: {k: round(100 * v["dice"]["mean"], 1) for k, v in target[stage]["summary"].items()}
+            for stage in ("before", "after")}
+    ret = metrics.get("retention") or {}
+    return {"dice": dice, "retention": ret.get("final"), "steps": metrics["training"]["steps"],
+            "context_head": metrics["training"].get("context_head"), "wall_seconds": round(seconds, 1)}
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ The whole product on small real data shipped with adapt3d (datasets/sample, with
   2. LoRA-adapt the demo core — a small SAM-Med3D-architecture model adapt3d trained on the
      embedded CT (NOT SAM-Med3D's pretrained weights) — to the MRI and to the simulated
      ultrasound, with declared held-out organs, evaluating before/after at 1/3/5/10 clicks
-     and tracking CT Dice retention on CT organs the core never trained on;
+     and tracking CT Dice retention on CT organs the core never trained on. The ultrasound
+     adaptation first runs the context head's self-supervised stage on REAL ultrasound (the
+     unlabelled spine-phantom sweep in datasets/sample); its labelled volumes are simulated;
   3. write the cross-domain report (HTML + Markdown + JSON), the adapters, and the MRI adapter
      merged into official-format SAM-Med3D weights; print the summary table.
 

@@ -99,6 +99,8 @@ def check_experiment(cfg: ExperimentConfig) -> list[str]:
             problems.append("pseudolabel.path: not set while pseudolabel.enabled is true")
         else:
             _domain(problems, "pseudolabel", dataclasses.replace(DomainSection(), path=cfg.pseudolabel.path), required=True)
+    if cfg.context_head.enabled and cfg.context_head.pool:
+        _domain(problems, "context_head.pool", dataclasses.replace(DomainSection(), path=cfg.context_head.pool), required=True)
     if cfg.train.devices > 1 and cfg.train.strategy == "auto":
         problems.append("train.strategy: set ddp (or another multi-device strategy) when train.devices > 1")
     return problems

@@ -115,13 +115,24 @@ class RetentionSection:
 
 @dataclass(frozen=True)
 class ContextHeadSection:
+    """The VoCo-style context head of the published recipe (USCL-Med3D); docs/recipe.md traces
+    each default: [VoCo] = VoCo's paper/public code, which the recipe follows; [recipe] = the
+    recipe's description; [adapt3d] = adapt3d's own choice where both are silent."""
+
     enabled: bool = False
-    base_crops: int = setting(4, ge=1)
-    random_crops: int = setting(4, ge=1)
-    momentum: float = setting(0.9, ge=0.0, lt=1.0)
-    weight: float = setting(0.1, ge=0.0)
-    projection_dim: int = setting(128, ge=1)
-    pretrain_epochs: int = setting(0, ge=0, help="> 0: a context-only stage before the segmentation training")
+    pool: str = setting("", path=True, help="nnU-Net raw dataset whose images (labelled or not) feed the head; '': the target's unlabelled images")
+    crop_mm: float = setting(0.0, ge=0.0, help="base-crop side in mm; 0: fitted to the pool's smallest field of view [adapt3d]")
+    base_crops: int = setting(4, ge=2, le=4, help="a 2 × 2 × 1 grid [adapt3d; VoCo tiles 4 × 4 × 1]")
+    random_crops: int = setting(4, ge=1, help="random crops per step [adapt3d; VoCo's sw_batch_size]")
+    momentum: float = setting(0.9, ge=0.0, lt=1.0, help="EMA teacher momentum, fixed [VoCo code; recipe: EMA 0.9]")
+    reg_weight: float = setting(1.0, ge=0.0, help="base-crop regulariser weight [VoCo code: pred + reg, both weight 1]")
+    weight: float = setting(0.0, ge=0.0, help="context loss weight in the segmentation stage; 0: context stage only [recipe: two stages]")
+    projection_dim: int = setting(128, ge=1, help="[adapt3d; VoCo projects to 2048 with a 3-layer MLP]")
+    pretrain_epochs: int = setting(2, ge=0, help="context stage length, in epochs of the training loader [recipe: context stage first; count: adapt3d]")
+
+    def __post_init__(self) -> None:
+        if self.enabled and self.pretrain_epochs == 0 and self.weight == 0:
+            raise ValueError("context_head is enabled but trains nothing: set pretrain_epochs > 0 or weight > 0")
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def write_config(path: Path, cfg: ExperimentConfig) -> None:
 
 
 def metrics_record(cfg: ExperimentConfig, *, model, adapter_report: dict, size: int, protocol: Protocol,
-                   domains: dict, retention: dict | None, trainer, module, wall: float, caveat_lines: list[str]) -> dict:
+                   domains: dict, retention: dict | None, trainer, module, wall: float, caveat_lines: list[str], context: dict | None) -> dict:
     """metrics.json of an adaptation run."""
     return {
         "schema": SCHEMA, "kind": "adapt", "name": cfg.name,
@@ -82,6 +82,6 @@ def metrics_record(cfg: ExperimentConfig, *, model, adapter_report: dict, size: 
         "domains": domains, "retention": retention,
         "training": {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
                      "wall_seconds": round(wall, 1), "loss_history": module.loss_history,
-                     "context_head": cfg.context_head.enabled, "pseudolabels": cfg.pseudolabel.enabled},
+                     "context_head": cfg.context_head.enabled, "context": context, "pseudolabels": cfg.pseudolabel.enabled},
         "caveats": caveat_lines,
     }

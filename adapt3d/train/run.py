@@ -27,6 +27,7 @@ from adapt3d.runs import RunFinished, caveats, claim_run_dir, env_record, finish
 from adapt3d.train.checkpoint_io import SafeCheckpointIO
 from adapt3d.train.checks import check_experiment
 from adapt3d.train.config import ExperimentConfig, config_hash, load_experiment, problem_summary
+from adapt3d.train.context import context_loss_for, context_pool
 from adapt3d.train.data import CropDataset, EpochSampler
 from adapt3d.train.domains import Domain, extra_items, load_domain
 from adapt3d.train.module import AdaptModule
@@ -137,6 +138,7 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
         train_items = pseudo if cfg.pseudolabel.mode == "replace" else train_items + pseudo
     if not train_items:
         raise ConfigError(f"{cfg.pseudolabel.path or target.dataset.root}: no training items after the declared split")
+    pool = context_pool(cfg, target) if cfg.context_head.enabled else None  # checked before any model work
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # also makes a randomly initialised core reproducible
     core = load_core(cfg.core.name, cfg.core.checkpoint, **cfg.core.arch)
     is_zero = rank_zero_only.rank == 0
@@ -159,16 +161,12 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
         normalization=protocol.normalization, seed=cfg.seed, samples_per_item=cfg.train.samples_per_item,
         jitter=cfg.train.jitter, augment=cfg.train.augment,
     )
-    extra_loss = None
-    if cfg.context_head.enabled:
-        from adapt3d.train.context import context_loss_for
-
-        extra_loss = context_loss_for(model, cfg, target, protocol)
+    extra_loss, context = (None, None) if pool is None else context_loss_for(model, cfg, pool, protocol)
     module = AdaptModule(model, cfg.train, cfg.seed, extra_loss=extra_loss)
     last = run_dir / "checkpoints" / "last.ckpt"
     resuming = resume and last.exists()
     if extra_loss is not None and cfg.context_head.pretrain_epochs > 0 and not resuming:
-        _context_stage(module, cfg, dataset, run_dir)
+        context.update(_context_stage(module, cfg, dataset, run_dir))
     monitor = RetentionMonitor(
         reference=reference.split.test if reference else [], reference_modality=reference.modality if reference else "CT",
         frozen_dice=frozen, target_val=target.split.val, target_modality=target.modality, protocol=protocol,
@@ -198,7 +196,7 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
         final = mean_dice(after[reference.name], cfg.retention.clicks) / frozen if frozen else float("nan")
         retention = retention_record(cfg, reference.name, frozen, final, monitor, best_step)
         print(guard_message(retention))
-    caveat_lines = caveats(cfg.core.description, domains)
+    caveat_lines = caveats(cfg.core.description, domains) + ([context["caveat"]] if context else [])
     info = {
         "data": f"{target.dataset.name} ({target.modality}{', SIMULATED' if target.section.simulated else ''}): "
         f"{len(train_items)} training items ({', '.join(sorted({i.class_name for i in train_items}))})",
@@ -215,13 +213,15 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
     ))
     write_json(run_dir / "metrics.json", metrics_record(
         cfg, model=model, adapter_report=report, size=size, protocol=protocol, domains=domains, retention=retention,
-        trainer=trainer, module=module, wall=time.time() - t0, caveat_lines=caveat_lines,
+        trainer=trainer, module=module, wall=time.time() - t0, caveat_lines=caveat_lines, context=context,
     ))
     return True
 
 
-def _context_stage(module: AdaptModule, cfg: ExperimentConfig, dataset: CropDataset, run_dir: Path) -> None:
-    """Context-only pre-adaptation: the adapters learn from the contrastive task before segmentation."""
+def _context_stage(module: AdaptModule, cfg: ExperimentConfig, dataset: CropDataset, run_dir: Path) -> dict:
+    """The recipe's first stage: the adapters (in effect the encoder's, the decoder gets no gradient)
+    and the head learn the contrastive task alone; returns its steps, time and loss history."""
+    t0 = time.time()
     module.seg_enabled = False
     stage = _trainer(cfg, run_dir, label="context stage", log_version="context", callbacks=[],
                      max_epochs=cfg.context_head.pretrain_epochs, enable_checkpointing=False)
@@ -229,3 +229,5 @@ def _context_stage(module: AdaptModule, cfg: ExperimentConfig, dataset: CropData
     module.train()
     _fit(stage, module, DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler), None)
     module.seg_enabled = True
+    history, module.loss_history = module.loss_history, []
+    return {"context_steps": int(stage.global_step), "context_seconds": round(time.time() - t0, 1), "context_loss_history": history}
