@@ -25,8 +25,9 @@ clicks only (no label is ever an input), and windows are added while the object 
    input's voxel grid; the affine is the input's.
 
 Interactive callers (``adapt3d serve``) prepare the working volume once (:meth:`prepare`) and
-rerun only the window loop (:meth:`run_windows`) after each click, with an embedding cache keyed
-by window, so a window already encoded costs only the prompt encoder and mask decoder.
+rerun only the window loop (:meth:`run_windows`) after each click with a
+:class:`~adapt3d.infer.window_cache.WindowCache`, so a window already encoded costs only prompt
+encoder and mask decoder passes.
 
 Cost: one encoder pass per window (windows are sequential: each one's prompts depend on the
 previous ones), plus two float32 arrays of the working-grid size for the blend.
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -61,6 +62,7 @@ from adapt3d.data.preprocess import (
 from adapt3d.errors import ConfigError, InputError
 from adapt3d.infer.predictor import check_inside
 from adapt3d.infer.resampling_policy import RESAMPLING, ResamplingRecord, working_spacing
+from adapt3d.infer.window_cache import WindowCache
 from adapt3d.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -194,12 +196,12 @@ class WholeVolumePredictor:
         prepared: WorkingVolume,
         points_ijk: Sequence[Sequence[float]],
         point_labels: Sequence[int],
-        embeddings: MutableMapping[tuple[int, ...], torch.Tensor] | None = None,
+        cache: WindowCache | None = None,
     ) -> WindowRun:
         """The window loop on a prepared volume (prompts checked by the caller).
 
-        ``embeddings`` (optional) caches image embeddings by window start: a window found there
-        runs only the prompt encoder and mask decoder. Its owner keeps it per image and model.
+        ``cache`` (optional, one per image and model) reuses embeddings and prompt-prefix logits
+        of earlier runs (see :mod:`adapt3d.infer.window_cache`); results are the same without it.
         """
         cfg, size, grid, work = self.config, self.core.image_size, prepared.grid, prepared.work
         clicks = np.stack([grid.to_working(np.asarray(p, dtype=float)) for p in points_ijk])
@@ -219,7 +221,7 @@ class WholeVolumePredictor:
                     continue
                 low_prior = F.avg_pool3d(prior, factor)
                 mask_in = low_prior if cfg.mask_prompt else torch.zeros_like(low_prior)
-                logits = self._segment(prepared, prompt, mask_in, embeddings)
+                logits = self._segment(prepared, prompt, mask_in, cache)
                 blend.add(window, logits)
                 runs.append(prompt)
                 bar.update()
@@ -233,26 +235,31 @@ class WholeVolumePredictor:
         return WindowRun(blend, runs, "budget" if queue else "complete", record)
 
     def _segment(
-        self,
-        prepared: WorkingVolume,
-        prompt: WindowPrompt,
-        mask_in: torch.Tensor,
-        embeddings: MutableMapping[tuple[int, ...], torch.Tensor] | None,
+        self, prepared: WorkingVolume, prompt: WindowPrompt, mask_in: torch.Tensor, cache: WindowCache | None
     ) -> np.ndarray:
         """Window logits (size³) after applying its clicks one by one from the mask prompt."""
         size, device, window = self.core.image_size, self.device, prompt.window
-        emb = None if embeddings is None else embeddings.get(window.start)
+        emb = None if cache is None else cache.embeddings.get(window.start)
         if emb is None:
             crop = normalise(window.extract(prepared.work), prepared.modality, self.config.normalization)
             emb = self.core.encode(torch.from_numpy(crop)[None, None].to(device))
-            if embeddings is not None:
-                embeddings[window.start] = emb
+            if cache is not None:
+                cache.embeddings[window.start] = emb
         rel = prompt.points - np.asarray(window.start, dtype=float)
         pts = torch.tensor(rel, dtype=torch.float32).round()[None].to(device)
         lab = torch.from_numpy(prompt.labels)[None].to(device)
-        logits = mask_in.to(device)
-        for n in range(1, len(prompt.labels) + 1):
+        logits, done = mask_in.to(device), 0
+        reuse = cache is not None and not bool(mask_in.any())  # logits then depend on the prompts only
+        if reuse:
+            for n in range(len(prompt.labels), 0, -1):
+                hit = cache.logits.get(cache.prompt_key(window.start, pts, lab, n))
+                if hit is not None:
+                    logits, done = hit, n
+                    break
+        for n in range(done + 1, len(prompt.labels) + 1):
             logits, _ = self.core.decode(emb, pts[:, :n], lab[:, :n], mask_logits=logits)
+            if reuse:
+                cache.logits[cache.prompt_key(window.start, pts, lab, n)] = logits
         full = F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False)
         return full[0, 0].cpu().numpy()
 

@@ -7,21 +7,21 @@ so a session costs memory in proportion to the object, not the volume.
 
 A prediction reruns the whole-volume predictor on all the session's clicks (each click seeing
 the previous mask inside its window); with the embedding cache that costs only prompt encoder and
-decoder passes for windows already encoded. Scribbles and lassos become one click each (see
+decoder passes for windows already encoded (:class:`~adapt3d.infer.window_cache.WindowCache`). Scribbles and lassos become one click each (see
 :func:`mask_to_click`).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from adapt3d.data.nifti import Volume
+from adapt3d.infer.window_cache import WindowCache
 from adapt3d.infer.whole_volume import WorkingVolume
 
 UNDO_DEPTH = 32
@@ -66,26 +66,6 @@ class Step:
     pending: bool
 
 
-class EmbeddingCache(OrderedDict):
-    """Image embeddings by window start, least recently used dropped beyond ``capacity``."""
-
-    def __init__(self, capacity: int = 32) -> None:
-        super().__init__()
-        self.capacity = capacity
-
-    def get(self, key, default=None):  # noqa: D102 - MutableMapping
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        return default
-
-    def __setitem__(self, key, value: torch.Tensor) -> None:
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        while len(self) > self.capacity:
-            self.popitem(last=False)
-
-
 @dataclass
 class InteractiveState:
     """Everything one lease holds. Methods are called under the lease's lock."""
@@ -99,7 +79,7 @@ class InteractiveState:
     result: Result = field(default_factory=Result)
     pending: bool = False  # interactions added without a prediction since the last one
     history: deque[Step] = field(default_factory=lambda: deque(maxlen=UNDO_DEPTH))
-    embeddings: EmbeddingCache = field(default_factory=EmbeddingCache)
+    cache: WindowCache = field(default_factory=WindowCache)
     do_autozoom: bool = False
 
     @property
@@ -110,7 +90,7 @@ class InteractiveState:
         """A new image: prompts, results, history, target buffer and cached embeddings are dropped."""
         self.image, self.prepared, self.modality, self.adapter = image, prepared, modality, adapter
         self.target = None
-        self.embeddings.clear()
+        self.cache.clear()
         self.reset()
 
     def reset(self) -> None:
