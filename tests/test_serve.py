@@ -77,7 +77,6 @@ def predicted(tmp_path_factory):
         "ct": run("ct", CT, "--point", click(CT_CLICK)),
         "ct_neg": run("ct_neg", CT, "--point", click(CT_CLICK), "--negative", click(CT_NEGATIVE)),
         "mr": run("mr", MR, "--point", click(MR_CLICK), "--adapter", str(MRI_ADAPTER)),
-        "mr_frozen": run("mr_frozen", MR, "--point", click(MR_CLICK)),
     }
 
 
@@ -95,10 +94,10 @@ def open_ct_as_slicer_does(session) -> np.ndarray:
     return buffer
 
 
-def open_mr_with_affine(session) -> np.ndarray:
+def open_mr_with_affine(session, **properties) -> np.ndarray:
     """Send the LPS MR in file order with its affine (adapt3d's image_properties extension)."""
     mr = load_volume(MR)
-    session.set_image(mr.array[None], {"spacing": list(mr.spacing), "affine": mr.affine})
+    session.set_image(mr.array[None], {"spacing": list(mr.spacing), "affine": mr.affine, **properties})
     buffer = np.zeros(mr.shape, np.uint8)
     session.set_target_buffer(buffer)
     return buffer
@@ -137,11 +136,13 @@ def test_click_negative_undo_reset_match_adapt3d_predict(server, predicted):
 
 
 def test_adapter_routed_by_modality_and_affine_respected(server, predicted):
-    assert not np.array_equal(predicted["mr"], predicted["mr_frozen"])  # the adapter matters
     with connect(server) as session:
         buffer = open_mr_with_affine(session)
         session.add_point_interaction(list(MR_CLICK), include_interaction=True)
         assert np.array_equal(buffer, predicted["mr"])
+        buffer = open_mr_with_affine(session, adapter="none")  # the client's choice: the frozen core
+        session.add_point_interaction(list(MR_CLICK), include_interaction=True)
+        assert buffer.sum() > 0 and not np.array_equal(buffer, predicted["mr"])
 
 
 def test_two_concurrent_sessions_do_not_disturb_each_other(server, predicted):
@@ -162,6 +163,20 @@ def test_two_concurrent_sessions_do_not_disturb_each_other(server, predicted):
         assert b.undo() is True and buf_b.sum() == 0  # b still holds its own history
         b.add_point_interaction(list(MR_CLICK), include_interaction=True)
         assert np.array_equal(buf_b, predicted["mr"])
+
+
+def test_initial_segmentation_is_kept_as_the_current_mask(server, predicted):
+    """napari re-seeds a resumed session with its mask: undo clears it, a click repaints over it."""
+    with connect(server) as session:
+        buffer = open_ct_as_slicer_does(session)
+        seed = np.zeros_like(buffer)
+        seed[5:20, 5:30, 5:40] = 1  # far from the kidney
+        session.add_initial_seg_interaction(seed)
+        assert buffer.sum() == seed.sum()  # the client mirrors the seed itself
+        assert session.undo() is True and buffer.sum() == 0  # the server held it: undo repaints its region
+        session.add_initial_seg_interaction(seed)
+        session.add_point_interaction(kji(CT_CLICK), include_interaction=True)
+        assert np.array_equal(buffer.T, predicted["ct"])  # the seed's voxels were repainted too
 
 
 def test_lasso_becomes_one_click_at_its_centre(server, predicted):
@@ -218,7 +233,7 @@ def test_refusals_answer_4xx_and_the_server_keeps_serving(server):
             assert post("/set_target_buffer", b'{"shape": [8, 9, 10], "dtype": "complex64"}').status_code == 400
             assert post("/add_point_interaction", b'{"coordinates": [8, 2, 3], "include_interaction": true}').status_code == 400
             assert post("/add_point_interaction", b'{"coordinates": [1, 2], "include_interaction": true}').status_code == 400
-            assert post("/add_initial_seg_interaction", pack_array(np.zeros((8, 9, 10), np.uint8))).status_code == 400
+            assert post("/add_initial_seg_interaction", pack_array(np.zeros((8, 9, 9), np.uint8))).status_code == 400
             assert post("/add_point_interaction", b'{"coordinates": [4, 4, 4], "include_interaction": true}').status_code == 200
         finally:
             assert http.post("/release", headers=lease).json() == {"released": True}
@@ -228,6 +243,9 @@ def test_refusals_answer_4xx_and_the_server_keeps_serving(server):
     try:
         with pytest.raises(ServerAtCapacityError):
             connect(server)
+        assert server.app.state.registry.release(held[0]._lease_token)  # as the reaper would
+        with pytest.raises(SessionExpiredError):
+            held[0].lease_status()
     finally:
         for session in held:
             session.close()

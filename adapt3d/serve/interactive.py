@@ -104,6 +104,11 @@ class InteractiveState:
         self.clicks.append((tuple(float(c) for c in point), 1 if positive else 0))
         self.pending = True
 
+    def set_mask(self, result: Result) -> None:
+        """An initial segmentation becomes the current result (undoable); prompts are cleared."""
+        self.history.append(Step(tuple(self.clicks), self.result, self.pending))
+        self.clicks, self.result, self.pending = [], result, False
+
     def undo(self) -> Result | None:
         """Restore the state before the last interaction; the previous result, or None if nothing to undo."""
         if not self.history:

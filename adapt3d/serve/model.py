@@ -38,7 +38,11 @@ PROMPT_NOTES = {
     "bbox3d": "unsupported: as bbox2d",
     "scribble": "one click at the scribble voxel deepest inside the drawn region (positive or negative as drawn)",
     "lasso": "one click at the voxel deepest inside the lasso's filled region (positive or negative as drawn)",
-    "initial_label": "unsupported: predictions are made from clicks only",
+    "initial_label": (
+        "not a prompt (supports_initial_label is false): accepted as the current mask, e.g. when napari "
+        "resumes after a reconnect; the next click predicts from clicks only; with run_prediction it is "
+        "refined from one click at its deepest voxel"
+    ),
 }
 _LICENCE_LINE = re.compile(r"^\W*licen[cs]e\W*[:|]\s*(.+?)\s*\|?\s*$", re.IGNORECASE)
 

@@ -222,7 +222,17 @@ class Routes:
         return self._add_drawn(state, call, "lasso")
 
     def add_initial_seg(self, state: InteractiveState, call: Call) -> Response:
-        raise ProtocolError(400, f"initial segmentations are {PROMPT_NOTES['initial_label']}")
+        image = _image(state)
+        seg = read_array(call.body, "initial segmentation", ndim=3, max_bytes=self.max_image_bytes)
+        if seg.shape != image.shape:
+            raise ProtocolError(400, f"initial segmentation: shape {list(seg.shape)} is not the image's {list(image.shape)}")
+        state.set_mask(Result.from_values(tuple(slice(0, n) for n in seg.shape), (seg > 0).astype(np.float32)))
+        if flag(call.meta, "run_prediction", False) and state.result.box is not None:
+            point = mask_to_click(state.result.mask, [b.start for b in state.result.box], image.spacing)
+            state.clicks.append((point, 1))
+            state.pending = True
+            return self._predict(state)  # repaints from the seeded mask the client holds
+        return prediction_response(False)
 
     # -- helpers ---------------------------------------------------------------------------
     def _add_drawn(self, state: InteractiveState, call: Call, kind: str) -> Response:
