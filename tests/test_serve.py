@@ -28,6 +28,7 @@ from adapt3d.data.preprocess import from_working_grid, to_working_grid
 from adapt3d.infer.whole_volume import WholeVolumeConfig
 from adapt3d.serve import AdapterSpec, ServedModel, ServeSettings, make_app
 from adapt3d.serve.geometry import box_to_input
+from adapt3d.serve.interactive import mask_to_click, ordered_prompts
 from adapt3d.serve.sessions import LeaseRegistry
 
 DEMO_CORE = SAMPLE_DATA / "demo_core" / "demo_core.safetensors"
@@ -290,3 +291,13 @@ def test_cli_refuses_unsafe_or_incomplete_setups(capsys, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "uvicorn", None)
     assert main(["serve", "--core", str(DEMO_CORE)]) == 2
     assert "pip install 'adapt3d[serve]'" in capsys.readouterr().err
+
+
+def test_prompt_order_and_the_click_of_a_drawn_region():
+    clicks = [((1.0, 1.0, 1.0), 0), ((2.0, 2.0, 2.0), 1), ((3.0, 3.0, 3.0), 0), ((4.0, 4.0, 4.0), 1)]
+    assert ordered_prompts(clicks) == ([(2.0,) * 3, (1.0,) * 3, (3.0,) * 3, (4.0,) * 3], [1, 0, 0, 1])
+    assert ordered_prompts(clicks[:1]) == ([], [])  # nothing to segment without a positive click
+    region = np.zeros((9, 9, 3), bool)
+    region[1:8, 2:9, :] = True  # 7 x 7 x 3 voxels: deepest along the thick axis at its middle slice
+    assert mask_to_click(region, (10, 20, 30), (1.0, 1.0, 1.0)) == (14.0, 25.0, 31.0)
+    assert mask_to_click(region, (0, 0, 0), (1.0, 1.0, 5.0)) == (4.0, 5.0, 1.0)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from torch import nn
 
+from adapt3d import __version__
 from adapt3d.data.nifti import Volume
 from adapt3d.errors import ConfigError
 from adapt3d.infer.session import guess_modality, load_model
@@ -160,7 +161,7 @@ class ServedModel:
             "interaction_decay": None,
             "patch_size": [self.predictor.core.image_size] * 3,
             "do_autozoom": False,
-            "inference_session_version": "adapt3d",
+            "inference_session_version": f"adapt3d-{__version__}",
             "license": self.info["license"],
             "supports_undo": True,
             "model": {**self.info, "routes": dict(self.routes), "default_adapter": self.default_adapter},
