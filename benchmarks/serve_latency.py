@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import threading
 import time
@@ -111,7 +112,7 @@ def main() -> None:
     }
     for clients in args.clients:
         url, server, thread = start(served, clients)
-        encode_before = core.seconds["encode"]
+        before = dict(core.seconds)
         with ThreadPoolExecutor(clients) as pool:
             jobs = [pool.submit(client_run, url, image, args.spacing, args.rounds, args.later, k) for k in range(clients)]
             results = [j.result() for j in jobs]
@@ -122,10 +123,12 @@ def main() -> None:
             "first_click": summary(merged["first"]),
             "later_clicks": summary(merged["later"]),
             "set_image": summary(merged["set_image"]),
-            "encoder_s_total": round(core.seconds["encode"] - encode_before, 1),
+            "encoder_s_total": round(core.seconds["encode"] - before["encode"], 1),
+            "decoder_s_total": round(core.seconds["decode"] - before["decode"], 1),
             "mask_voxels": [r["mask_voxels"] for r in results],
         }
     report["torch"] = torch.__version__
+    report["load_average_1_5_15"] = [round(v, 1) for v in os.getloadavg()]
     print(json.dumps(report, indent=2))
 
 
