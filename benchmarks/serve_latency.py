@@ -11,7 +11,8 @@ Each client sets the image once, then per round: ``reset_interactions``, a *firs
 voxel whose window is not encoded yet (the encoder runs), then ``--later`` clicks in that window
 (positive and negative, alternating; only the prompt encoder and decoder run). Latency is the
 wall time of ``add_point_interaction`` in the client: request, prediction, packed diff, paste into
-the target buffer. With ``--clients 4`` the clients click at the same time and predictions queue
+the target buffer; the process CPU time of each click is printed too (less sensitive to other
+processes on a shared machine than wall time). With ``--clients 4`` the clients click at the same time and predictions queue
 on the server's one inference worker.
 
     python benchmarks/serve_latency.py                      # 1 and 4 clients, CPU
@@ -61,7 +62,7 @@ def start(served: ServedModel, clients: int):
 def client_run(url: str, image: np.ndarray, spacing: float, rounds: int, later: int, seed: int) -> dict:
     """One client's latencies (s): set_image, first clicks, later clicks."""
     n = image.shape[1]
-    out = {"set_image": [], "first": [], "later": []}
+    out = {"set_image": [], "first": [], "later": [], "first_cpu": [], "later_cpu": []}
     with nnInteractiveRemoteInferenceSession(url, read_timeout=600) as session:
         t = time.perf_counter()
         session.set_image(image, {"spacing": [spacing] * 3})
@@ -72,14 +73,16 @@ def client_run(url: str, image: np.ndarray, spacing: float, rounds: int, later: 
         for r in range(rounds):
             session.reset_interactions()
             first = [n // 2 + 2 * r + seed, n // 2 - r, n // 2 + r]  # a new window each round
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             session.add_point_interaction(first, include_interaction=True)
             out["first"].append(time.perf_counter() - t)
+            out["first_cpu"].append(time.process_time() - cpu)
             for c in range(later):
                 point = [int(v) for v in np.asarray(first) + rng.integers(-15, 16, 3)]
-                t = time.perf_counter()
+                t, cpu = time.perf_counter(), time.process_time()
                 session.add_point_interaction(point, include_interaction=c % 2 == 0)
                 out["later"].append(time.perf_counter() - t)
+                out["later_cpu"].append(time.process_time() - cpu)
         out["mask_voxels"] = int(buffer.sum())
     return out
 
@@ -118,10 +121,14 @@ def main() -> None:
             results = [j.result() for j in jobs]
         server.should_exit = True
         thread.join()
-        merged = {key: sum((r[key] for r in results), []) for key in ("set_image", "first", "later")}
+        merged = {key: sum((r[key] for r in results), []) for key in results[0] if key != "mask_voxels"}
         report["runs"][f"{clients} client(s)"] = {
             "first_click": summary(merged["first"]),
             "later_clicks": summary(merged["later"]),
+            # CPU seconds the whole process (client + server, all threads) spent during a click;
+            # with several clients it includes the others' work, so it is meaningful for 1 client
+            "first_click_process_cpu": summary(merged["first_cpu"]),
+            "later_click_process_cpu": summary(merged["later_cpu"]),
             "set_image": summary(merged["set_image"]),
             "encoder_s_total": round(core.seconds["encode"] - before["encode"], 1),
             "decoder_s_total": round(core.seconds["decode"] - before["decode"], 1),
