@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-VERBS = ["demo", "ingest", "simulate-us", "config", "adapt", "evaluate", "pseudolabel", "predict", "export", "report"]
+VERBS = ["demo", "ingest", "simulate-us", "config", "adapt", "evaluate", "pseudolabel", "predict", "export", "report", "serve"]
 
 
 def _verb_module(name: str):

@@ -24,6 +24,11 @@ clicks only (no label is ever an input), and windows are added while the object 
    The probability is the sigmoid of the blend (0 where no window ran), mapped back onto the
    input's voxel grid; the affine is the input's.
 
+Interactive callers (``adapt3d serve``) prepare the working volume once (:meth:`prepare`) and
+rerun only the window loop (:meth:`run_windows`) after each click with a
+:class:`~adapt3d.infer.window_cache.WindowCache`, so a window already encoded costs only prompt
+encoder and mask decoder passes.
+
 Cost: one encoder pass per window (windows are sequential: each one's prompts depend on the
 previous ones), plus two float32 arrays of the working-grid size for the blend.
 """
@@ -46,6 +51,7 @@ from adapt3d.config import build_dataclass
 from adapt3d.data.imageio import Volume
 from adapt3d.data.preprocess import (
     NORMALISERS,
+    Grid,
     Window,
     centred_window,
     clamp_ct,
@@ -56,6 +62,7 @@ from adapt3d.data.preprocess import (
 from adapt3d.errors import ConfigError, InputError
 from adapt3d.infer.predictor import check_inside
 from adapt3d.infer.resampling_policy import RESAMPLING, ResamplingRecord, working_spacing
+from adapt3d.infer.window_cache import WindowCache
 from adapt3d.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -152,6 +159,13 @@ class WholeVolumePredictor:
     def device(self) -> torch.device:
         return next(self.core.parameters()).device
 
+    def prepare(self, image: Volume, modality: str) -> WorkingVolume:
+        """Clamp (CT), reorient and resample ``image`` once; windows are cut from the result."""
+        cfg = self.config
+        raw = Volume(clamp_ct(image.array, modality), image.affine, image.header, image.path)
+        work, grid = to_working_grid(raw, working_spacing(cfg.resample, cfg.spacing, image.affine))
+        return WorkingVolume(work, grid, modality)
+
     @torch.no_grad()
     def predict(
         self, image: Volume, modality: str, points_ijk: Sequence[Sequence[float]], point_labels: Sequence[int]
@@ -161,9 +175,35 @@ class WholeVolumePredictor:
         The clicks are the only prompt: no label map is taken, so none can leak into the result.
         """
         _check_prompts(image, points_ijk, point_labels)
-        cfg, size = self.config, self.core.image_size
-        raw = Volume(clamp_ct(image.array, modality), image.affine, image.header, image.path)
-        work, grid = to_working_grid(raw, working_spacing(cfg.resample, cfg.spacing, image.affine))
+        prepared = self.prepare(image, modality)
+        run = self.run_windows(prepared, points_ijk, point_labels)
+        working = np.zeros(prepared.work.shape, np.float32)
+        box, inside = run.probability_box()
+        working[box] = inside
+        probability = from_working_grid(working, prepared.grid, order=1).astype(np.float32, copy=False)
+        return WholeVolumePrediction(
+            probability,
+            (probability > 0.5).astype(np.uint8),
+            image.affine.copy(),
+            run.windows,
+            run.stopped,
+            run.resampling,
+        )
+
+    @torch.no_grad()
+    def run_windows(
+        self,
+        prepared: WorkingVolume,
+        points_ijk: Sequence[Sequence[float]],
+        point_labels: Sequence[int],
+        cache: WindowCache | None = None,
+    ) -> WindowRun:
+        """The window loop on a prepared volume (prompts checked by the caller).
+
+        ``cache`` (optional, one per image and model) reuses embeddings and prompt-prefix logits
+        of earlier runs (see :mod:`adapt3d.infer.window_cache`); results are the same without it.
+        """
+        cfg, size, grid, work = self.config, self.core.image_size, prepared.grid, prepared.work
         clicks = np.stack([grid.to_working(np.asarray(p, dtype=float)) for p in points_ijk])
         click_labels = np.asarray(point_labels, dtype=np.int64)
         blend = _Blend(work.shape, self.weights)
@@ -181,7 +221,7 @@ class WholeVolumePredictor:
                     continue
                 low_prior = F.avg_pool3d(prior, factor)
                 mask_in = low_prior if cfg.mask_prompt else torch.zeros_like(low_prior)
-                logits = self._segment(work, prompt, mask_in, modality)
+                logits = self._segment(prepared, prompt, mask_in, cache)
                 blend.add(window, logits)
                 runs.append(prompt)
                 bar.update()
@@ -191,29 +231,61 @@ class WholeVolumePredictor:
                         known.append(nxt.start)
         if queue:
             log.warning("whole-volume prediction stopped at the %d-window budget; the object may continue", len(runs))
-        probability = from_working_grid(blend.probability(), grid, order=1).astype(np.float32, copy=False)
-        return WholeVolumePrediction(
-            probability,
-            (probability > 0.5).astype(np.uint8),
-            image.affine.copy(),
-            runs,
-            "budget" if queue else "complete",
-            ResamplingRecord.of(cfg.resample, cfg.spacing, grid, size),
-        )
+        record = ResamplingRecord.of(cfg.resample, cfg.spacing, grid, size)
+        return WindowRun(blend, runs, "budget" if queue else "complete", record)
 
-    def _segment(self, work: np.ndarray, prompt: WindowPrompt, mask_in: torch.Tensor, modality: str) -> np.ndarray:
+    def _segment(
+        self, prepared: WorkingVolume, prompt: WindowPrompt, mask_in: torch.Tensor, cache: WindowCache | None
+    ) -> np.ndarray:
         """Window logits (size³) after applying its clicks one by one from the mask prompt."""
-        size, device = self.core.image_size, self.device
-        crop = normalise(prompt.window.extract(work), modality, self.config.normalization)
-        emb = self.core.encode(torch.from_numpy(crop)[None, None].to(device))
-        rel = prompt.points - np.asarray(prompt.window.start, dtype=float)
+        size, device, window = self.core.image_size, self.device, prompt.window
+        emb = None if cache is None else cache.embeddings.get(window.start)
+        if emb is None:
+            crop = normalise(window.extract(prepared.work), prepared.modality, self.config.normalization)
+            emb = self.core.encode(torch.from_numpy(crop)[None, None].to(device))
+            if cache is not None:
+                cache.embeddings[window.start] = emb
+        rel = prompt.points - np.asarray(window.start, dtype=float)
         pts = torch.tensor(rel, dtype=torch.float32).round()[None].to(device)
         lab = torch.from_numpy(prompt.labels)[None].to(device)
-        logits = mask_in.to(device)
-        for n in range(1, len(prompt.labels) + 1):
+        logits, done = mask_in.to(device), 0
+        reuse = cache is not None and not bool(mask_in.any())  # logits then depend on the prompts only
+        if reuse:
+            for n in range(len(prompt.labels), 0, -1):
+                hit = cache.logits.get(cache.prompt_key(window.start, pts, lab, n))
+                if hit is not None:
+                    logits, done = hit, n
+                    break
+        for n in range(done + 1, len(prompt.labels) + 1):
             logits, _ = self.core.decode(emb, pts[:, :n], lab[:, :n], mask_logits=logits)
+            if reuse:
+                cache.logits[cache.prompt_key(window.start, pts, lab, n)] = logits
         full = F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False)
         return full[0, 0].cpu().numpy()
+
+
+@dataclass
+class WorkingVolume:
+    """An image clamped, reoriented to RAS and resampled to the working grid (see ``prepare``)."""
+
+    work: np.ndarray
+    grid: Grid
+    modality: str
+
+
+@dataclass
+class WindowRun:
+    """The windows that ran on a working volume and their blended logits."""
+
+    blend: _Blend
+    windows: list[WindowPrompt]
+    stopped: str
+    resampling: ResamplingRecord
+
+    def probability_box(self) -> tuple[tuple[slice, ...], np.ndarray]:
+        """Working-grid slices of the box the windows cover and the probability inside it
+        (sigmoid of the blend, 0 where no window ran); outside the box the probability is 0."""
+        return self.blend.probability_box([w.window for w in self.windows])
 
 
 class _Blend:
@@ -236,13 +308,19 @@ class _Blend:
         total, weight = window.extract(self.logit_sum), window.extract(self.weight_sum)
         return np.divide(total, weight, out=np.zeros_like(total), where=weight > 0)
 
-    def probability(self) -> np.ndarray:
-        """Sigmoid of the blended logits, 0 where no window ran (computed in place: call once)."""
-        covered = self.weight_sum > 0
-        out = np.divide(self.logit_sum, self.weight_sum, out=self.logit_sum, where=covered)
+    def probability_box(self, windows: Sequence[Window]) -> tuple[tuple[slice, ...], np.ndarray]:
+        """Slices of the bounding box of ``windows`` (inside the volume) and the sigmoid of the
+        blended logits there, 0 where no window ran."""
+        boxes = [w.overlap(self.shape)[0] for w in windows]
+        if not boxes:
+            return tuple(slice(0, 0) for _ in self.shape), np.zeros((0,) * len(self.shape), np.float32)
+        box = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(len(self.shape)))
+        total, weight = self.logit_sum[box], self.weight_sum[box]
+        covered = weight > 0
+        out = np.divide(total, weight, out=np.zeros_like(total), where=covered)
         special.expit(out, out=out)
         out[~covered] = 0.0
-        return out
+        return box, out
 
 
 def _check_prompts(image: Volume, points_ijk: Sequence[Sequence[float]], point_labels: Sequence[int]) -> None:
