@@ -23,7 +23,7 @@ from nnInteractive.inference.remote.serialization import MAGIC, pack_array
 from tiny import SAMPLE_DATA
 
 from adapt3d.cli import main
-from adapt3d.data.nifti import load_volume
+from adapt3d.data.imageio import load_volume
 from adapt3d.data.preprocess import from_working_grid, to_working_grid
 from adapt3d.infer.whole_volume import WholeVolumeConfig
 from adapt3d.serve import AdapterSpec, ServedModel, ServeSettings, make_app

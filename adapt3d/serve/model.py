@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from adapt3d import __version__
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.errors import ConfigError
 from adapt3d.infer.session import guess_modality, load_model
 from adapt3d.infer.whole_volume import WholeVolumeConfig, WholeVolumePredictor

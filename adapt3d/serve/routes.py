@@ -17,7 +17,7 @@ from nnInteractive.inference.remote import _protocol as wire
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from adapt3d.data.nifti import Volume
+from adapt3d.data.imageio import Volume
 from adapt3d.errors import ConfigError
 from adapt3d.serve.geometry import check_orientation, orientation_affine
 from adapt3d.serve.interactive import InteractiveState, Result, changed_region, mask_to_click
