@@ -25,7 +25,6 @@ from tiny import SAMPLE_DATA
 from adapt3d.cli import main
 from adapt3d.data.imageio import load_volume
 from adapt3d.data.preprocess import from_working_grid, to_working_grid
-from adapt3d.infer.whole_volume import WholeVolumeConfig
 from adapt3d.serve import AdapterSpec, ServedModel, ServeSettings, make_app
 from adapt3d.serve.geometry import box_to_input
 from adapt3d.serve.interactive import mask_to_click, ordered_prompts
@@ -43,7 +42,7 @@ KEY = "test-key-not-secret"
 @pytest.fixture(scope="module")
 def server():
     """The demo core (3 mm), MR routed to the shipped MRI adapter, on a free loopback port."""
-    served = ServedModel.load(DEMO_CORE, [AdapterSpec(MRI_ADAPTER, "MR")], config=WholeVolumeConfig(spacing=3.0))
+    served = ServedModel.load(DEMO_CORE, [AdapterSpec(MRI_ADAPTER, "MR")])  # at the core's own 3 mm
     app = make_app(served, ServeSettings(api_key=KEY, max_sessions=3, max_upload_bytes=8 << 20))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -70,7 +69,7 @@ def predicted(tmp_path_factory):
 
     def run(name: str, image: Path, *extra: str) -> np.ndarray:
         path = out / f"{name}.nii.gz"
-        assert main(["predict", "--core", str(DEMO_CORE), "--image", str(image), "--spacing", "3", "--out", str(path), *extra]) == 0
+        assert main(["predict", "--core", str(DEMO_CORE), "--image", str(image), "--out", str(path), *extra]) == 0
         return load_volume(path, kind="label").array.astype(np.uint8)
 
     click = lambda p: ",".join(map(str, p))  # noqa: E731

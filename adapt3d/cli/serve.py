@@ -28,7 +28,7 @@ The server binds 127.0.0.1 (this machine only). Binding another address needs --
 clients send it as a bearer token; or set NN_INTERACTIVE_API_KEY) or an explicit --insecure.
 
 example:
-  adapt3d serve --core datasets/sample/demo_core/demo_core.safetensors --spacing 3 \\
+  adapt3d serve --core datasets/sample/demo_core/demo_core.safetensors \\
       --adapter MR=adapters/demo-mri-lora --adapter US=adapters/demo-us-simulated-lora
   adapt3d serve --core sam_med3d_turbo.pth --host 0.0.0.0 --api-key "$(openssl rand -hex 32)"
 """
@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", default="auto", help="modality of every image unless the client says: auto (CT/MR by intensity), CT, MR, US")
     p.add_argument("--array-orientation", default="SAR", metavar="CODES", help="axis codes of the arrays viewers send (default: SAR, SlicerNNInteractive's (k, j, i) order); see docs/serve.md")
     p.add_argument("--resample", default="isotropic", help="resampling policy: isotropic (default), inplane or native")
-    p.add_argument("--spacing", type=float, default=1.5, metavar="MM", help="working spacing of the core in mm (default: 1.5; the demo core: 3)")
+    p.add_argument("--spacing", type=float, metavar="MM", help="working spacing in mm (default: the core's own, e.g. 1.5 for SAM-Med3D, 3 for the demo core)")
     p.add_argument("--max-windows", type=int, default=27, metavar="N", help="window budget per prediction (default: 27)")
     p.add_argument("--overlap", type=float, default=0.25, help="overlap of neighbouring windows, fraction (default: 0.25)")
     p.add_argument("--max-sessions", type=int, default=4, help="concurrent client sessions (default: 4)")
@@ -101,10 +101,11 @@ def run(args: argparse.Namespace) -> int:
     from adapt3d.serve.geometry import check_orientation
 
     check_orientation(args.array_orientation)
-    config = WholeVolumeConfig(resample=args.resample, spacing=args.spacing, overlap=args.overlap, max_windows=args.max_windows)
+    WholeVolumeConfig(resample=args.resample, overlap=args.overlap, max_windows=args.max_windows)  # flags checked before loading
     adapters = [AdapterSpec.parse(a) for a in args.adapter]
     served = ServedModel.load(
-        args.core, adapters, core_type=args.core_type, device=_device(args.device), config=config,
+        args.core, adapters, core_type=args.core_type, device=_device(args.device), spacing=args.spacing,
+        whole_volume={"resample": args.resample, "overlap": args.overlap, "max_windows": args.max_windows},
         modality=args.modality, licence=args.license,
     )
     settings = ServeSettings(

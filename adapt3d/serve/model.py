@@ -90,10 +90,15 @@ class ServedModel:
         core_type: str = "sam-med3d",
         device: str = "cpu",
         config: WholeVolumeConfig | None = None,
+        spacing: float | None = None,
+        whole_volume: dict | None = None,
         modality: str = "auto",
         licence: str | None = None,
     ) -> ServedModel:
-        """Load ``core`` and ``adapters`` onto ``device`` (bad paths and names raise one-line errors)."""
+        """Load ``core`` and ``adapters`` onto ``device`` (bad paths and names raise one-line errors).
+
+        Without ``config``, the whole-volume pass (``whole_volume``: its other settings) runs at the
+        core's own preprocessing: its stored spacing (``spacing`` overrides) and normalisation."""
         names = [a.name for a in adapters]
         if len(set(names)) != len(names):
             raise ConfigError(f"--adapter: two adapter directories have the same name ({', '.join(names)})")
@@ -116,7 +121,11 @@ class ServedModel:
             "adapters": {a.name: a.modality or "default" for a in adapters},
             "license": licence or _card_licence(Path(core)) or "!!MISSING!!",
         }
-        predictor = WholeVolumePredictor(model, config or WholeVolumeConfig())
+        if config is None:
+            prep = model.preprocessing
+            work = spacing if spacing is not None else prep.isotropic_spacing(f"{core} (core)")
+            config = WholeVolumeConfig(**(whole_volume or {}), spacing=work, normalization=prep.normalization)
+        predictor = WholeVolumePredictor(model, config)
         return cls(model, predictor, routes, unrouted[0] if unrouted else None, modality.upper(), info)
 
     @property
