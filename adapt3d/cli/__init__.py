@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-VERBS = ["demo", "ingest", "simulate-us", "adapt", "evaluate", "pseudolabel", "predict", "export", "report"]
+VERBS = ["demo", "ingest", "simulate-us", "convert", "adapt", "evaluate", "pseudolabel", "predict", "predict-npz", "export", "report"]
 
 
 def _verb_module(name: str):

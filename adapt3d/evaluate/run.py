@@ -1,7 +1,8 @@
 """``adapt3d evaluate``: the N-click protocol on any nnU-Net raw dataset, written as a run directory.
 
 Cores are evaluated by the protocol registered for them in ``EVALUATORS`` (2D cores slice by
-slice); cores not listed there use the 3D N-click protocol.
+slice); cores not listed there use the 3D N-click protocol. Other protocols, the same for every
+core (the CVPR 2025 challenge's), are registered by name in ``PROTOCOLS``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from adapt3d.config import build_dataclass
 from adapt3d.cores import load_core
+from adapt3d.evaluate.cvpr25_run import Cvpr25Protocol, evaluate_items_cvpr25
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
 from adapt3d.evaluate.segvol_protocol import SegVolProtocol, evaluate_items_segvol
 from adapt3d.evaluate.slicewise import SlicewiseProtocol, evaluate_slicewise
@@ -36,16 +38,28 @@ NCLICK = Evaluator(Protocol, evaluate_items)
 EVALUATORS: Registry[Evaluator] = Registry("evaluator")
 EVALUATORS.register("sam2d", Evaluator(SlicewiseProtocol, evaluate_slicewise))
 EVALUATORS.register("segvol", Evaluator(SegVolProtocol, evaluate_items_segvol))
+#: The default protocol's name: the core's own N-click evaluator above.
+DEFAULT_PROTOCOL = "nclick"
+#: Protocols other than the default, by name (the same for every core).
+PROTOCOLS: Registry[Evaluator] = Registry("evaluation protocol")
+PROTOCOLS.register(Cvpr25Protocol.NAME, Evaluator(Cvpr25Protocol, evaluate_items_cvpr25))
 
 
-def evaluator_for(core_type: str) -> Evaluator:
-    """The evaluator of core ``core_type`` (the 3D N-click protocol unless one is registered)."""
+def evaluator_for(core_type: str, protocol: str = DEFAULT_PROTOCOL) -> Evaluator:
+    """The evaluator of ``protocol`` (default: core ``core_type``'s N-click evaluator, 3D unless one is registered)."""
+    if protocol != DEFAULT_PROTOCOL:
+        return PROTOCOLS.get(protocol)
     return EVALUATORS.get(core_type) if core_type in EVALUATORS else NCLICK
 
 
-def make_protocol(core_type: str, **options: Any) -> Protocol:
-    """The protocol settings of ``core_type``'s evaluator; an option it does not have is a ConfigError."""
-    return build_dataclass(evaluator_for(core_type).protocol, options, f"evaluation protocol of {core_type}")
+def make_protocol(core_type: str, protocol: str = DEFAULT_PROTOCOL, **options: Any) -> Protocol:
+    """The settings of ``protocol`` for ``core_type``; an option it does not have is a ConfigError."""
+    return build_dataclass(evaluator_for(core_type, protocol).protocol, options, f"evaluation protocol {protocol} of {core_type}")
+
+
+def protocol_name(protocol: Protocol) -> str:
+    """The registered name of a protocol's settings (``nclick`` for the default ones)."""
+    return getattr(protocol, "NAME", DEFAULT_PROTOCOL)
 
 
 def run_evaluation(
@@ -63,7 +77,7 @@ def run_evaluation(
 ) -> Path:
     """Evaluate the frozen core (``before``) and, with ``adapter``, the adapted model (``after``)."""
     started, t0 = now(), time.time()
-    evaluate_fn = evaluator_for(core_type).evaluate
+    evaluate_fn = evaluator_for(core_type, protocol_name(protocol)).evaluate
     dom = load_domain(domain, "target", seed=protocol.seed, all_test=True)
     model = load_core(core_type, core).to(device)
     fingerprint = None
@@ -103,7 +117,7 @@ def run_evaluation(
     write_json(out / "metrics.json", {
         "schema": SCHEMA, "kind": "evaluate", "name": out.name,
         "core": {"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description},
-        "adapter": adapter_record, "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
+        "adapter": adapter_record, "protocol": protocol_name(protocol), "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
         "domains": domains, "retention": None, "training": None, "caveats": caveats(core_description, domains),
     })
     return out
