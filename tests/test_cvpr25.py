@@ -236,3 +236,19 @@ def test_evaluate_protocol_cvpr25_writes_a_run_the_report_reads(sample_data, tmp
     assert "box → clicks" in ev["prompt_strategy"]
     table = cvpr25_table(run)
     assert table.rows[0][:2] == ["TotalSegExampleMR", "before"] and "SAM-Med3D has no box embeddings" in table.caption
+
+
+def test_predict_sh_is_the_container_entry_point(sample_data, tmp_path, tiny_core):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    nnunet_to_npz(sample_data / "Dataset002_TotalSegExampleMR", tmp_path / "inputs", labels_apart=True)
+    env = {**os.environ, "PYTHON": sys.executable, "ADAPT3D_CORE": str(tiny_core), "ADAPT3D_SPACING": "3",
+           "ADAPT3D_INPUTS": str(tmp_path / "inputs" / "imgs"), "ADAPT3D_OUTPUTS": str(tmp_path / "outputs")}
+    done = subprocess.run(["sh", str(root / "predict.sh")], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    name = next((tmp_path / "inputs" / "imgs").glob("*.npz")).name
+    with np.load(tmp_path / "outputs" / name) as out:
+        assert out["segs"].shape == load_challenge_case(tmp_path / "inputs" / "imgs" / name, with_labels=False).imgs.shape

@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in", dest="inputs", required=True, metavar="DIR", help="folder of challenge npz inputs")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the <same name>.npz outputs")
     p.add_argument("--spacing", type=float, default=1.5, metavar="MM", help="the core's working spacing (default: 1.5; demo core: 3)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu; cuda on the challenge's GPU)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu); auto = cuda when available (predict.sh uses it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +88,10 @@ def _predictor(args: argparse.Namespace):
         return NpzPredictor(None, strategy=args.baseline)
     from adapt3d.infer.session import load_model
 
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(args.core, core_type=args.core_type, device=args.device)
     routes = {}
     if args.adapter:
