@@ -252,3 +252,19 @@ def test_predict_sh_is_the_container_entry_point(sample_data, tmp_path, tiny_cor
     name = next((tmp_path / "inputs" / "imgs").glob("*.npz")).name
     with np.load(tmp_path / "outputs" / name) as out:
         assert out["segs"].shape == load_challenge_case(tmp_path / "inputs" / "imgs" / name, with_labels=False).imgs.shape
+
+
+def test_segvol_takes_the_box_natively():
+    from adapt3d.cores import load_core
+
+    tiny = {"image_size": (8, 32, 32), "patch_size": (2, 8, 8), "embed_dim": 64, "depth": 2, "num_heads": 1, "mlp_dim": 128,
+            "decoder_depth": 1, "decoder_mlp_dim": 64, "iou_head_hidden_dim": 32, "text_hidden_size": 32, "text_layers": 1,
+            "text_heads": 1, "text_intermediate_size": 64, "text_max_positions": 24, "text_vocab_size": 64}
+    predictor = NpzPredictor(randomise(load_core("segvol", **tiny)))
+    box = {"z_min": 3, "z_max": 9, "z_mid": 6, "z_mid_x_min": 10, "z_mid_y_min": 12, "z_mid_x_max": 25, "z_mid_y_max": 30}
+    imgs = np.random.default_rng(0).integers(0, 255, (12, 40, 36)).astype(np.uint8)
+    inputs = {"imgs": imgs, "spacing": (1.0, 1.0, 2.0), "boxes": [box], "clicks": [{"fg": [[6, 20, 17]], "bg": [[6, 1, 1]]}],
+              "clicks_order": [["fg", "bg"]]}
+    segs = predictor(inputs, "MR")
+    assert segs.shape == imgs.shape and segs.dtype == np.uint8 and set(np.unique(segs)) <= {0, 1}
+    assert predictor.description.startswith("segvol: native 3D box")

@@ -36,7 +36,7 @@ from adapt3d.errors import ConfigError
 from adapt3d.evaluate.cvpr25 import N_CLICKS, run_case
 from adapt3d.evaluate.cvpr25_predict import NpzPredictor
 from adapt3d.evaluate.metrics import summarise
-from adapt3d.evaluate.nclick import Protocol
+from adapt3d.evaluate.nclick import Protocol, _eval_mode
 
 
 @dataclass(frozen=True)
@@ -82,16 +82,6 @@ def evaluate_items_cvpr25(
             images.append(image_rec)
             per_case += class_recs
     return _record(images, per_case, protocol, predictor.description)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
 
 
 def _evaluate_case(predictor: NpzPredictor, items: list[Item], modality: str, protocol: Cvpr25Protocol,
