@@ -268,3 +268,25 @@ def test_segvol_takes_the_box_natively():
     segs = predictor(inputs, "MR")
     assert segs.shape == imgs.shape and segs.dtype == np.uint8 and set(np.unique(segs)) <= {0, 1}
     assert predictor.description.startswith("segvol: native 3D box")
+
+
+def test_crop_sampling_matches_whole_volume_resampling():
+    """The predictor samples one crop (and maps it back) instead of resampling the whole image; it must give
+    what the N-click path's to_working_grid / from_working_grid give for the same volume."""
+    from adapt3d.data.preprocess import centred_window, from_working_grid, to_working_grid
+    from adapt3d.evaluate.cvpr25_predict import NpzGrid, npz_volume
+
+    rng = np.random.default_rng(0)
+    imgs, spacing = (rng.random((17, 40, 33)) * 255).astype(np.float32), (0.8, 1.1, 2.5)
+    work, grid = to_working_grid(npz_volume(imgs, spacing), (1.5, 1.5, 1.5))
+    g = NpzGrid.of(imgs.shape, spacing, (1.5, 1.5, 1.5))
+    assert g.working_shape == work.shape
+    for centre in [(8, 20, 16), (0, 0, 0), (16, 39, 32), (3, 35, 5)]:  # inside, and windows leaving the grid
+        window = centred_window(g.to_working(centre), 16)
+        np.testing.assert_allclose(g.crop(imgs, window.start, 16), window.extract(work), atol=1e-3)
+        prob = rng.random((16, 16, 16)).astype(np.float32)
+        expected = from_working_grid(window.paste(prob, work.shape), grid, order=1).transpose(2, 1, 0)
+        region, values = g.paste(prob, window.start)
+        got = np.zeros(imgs.shape, np.float32)
+        got[region] = values
+        np.testing.assert_allclose(got, expected, atol=1e-5)

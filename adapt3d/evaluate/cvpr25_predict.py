@@ -28,12 +28,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
 from adapt3d.data.cvpr_npz import BOX_KEYS
 from adapt3d.data.nifti import Volume
-from adapt3d.data.preprocess import centred_window, from_working_grid, normalise, to_working_grid
+from adapt3d.data.preprocess import centred_window, normalise
 from adapt3d.errors import InputError
 from adapt3d.registry import Registry
 
@@ -102,29 +103,94 @@ def npz_volume(imgs: np.ndarray, spacing: Sequence[float]) -> Volume:
     return Volume(np.ascontiguousarray(np.asarray(imgs).transpose(2, 1, 0)).astype(np.float32), np.diag([-sx, -sy, sz, 1.0]))
 
 
+# -- the npz image on a core's working grid, crop by crop ---------------------------------------
+@dataclass(frozen=True)
+class NpzGrid:
+    """The npz image (z, y, x) on a core's RAS working grid (i, j, k) = (x, y flipped; z) × spacing /
+    target — the grid ``to_working_grid`` gives for the :func:`npz_volume` — sampled one crop at a
+    time, so a large image is never resampled whole (same interpolation: linear, edge-clamped)."""
+
+    shape: tuple[int, int, int]  # (z, y, x)
+    zoom: np.ndarray  # (x, y, z): spacing / target
+    working_shape: tuple[int, int, int]  # (i, j, k)
+
+    @classmethod
+    def of(cls, shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> NpzGrid:
+        zoom = np.asarray(spacing, dtype=float) / np.asarray(target, dtype=float)
+        n = np.asarray(shape[::-1], dtype=float)
+        return cls(tuple(int(v) for v in shape), zoom, tuple(max(1, int(round(a * z))) for a, z in zip(n, zoom)))  # type: ignore[arg-type]
+
+    def _flip(self) -> np.ndarray:
+        return np.array([self.shape[2] - 1, self.shape[1] - 1, 0], dtype=float)
+
+    def to_working(self, zyx: Sequence[float]) -> np.ndarray:
+        """Array coordinates (z, y, x) → working coordinates (i, j, k)."""
+        x, y, z = (float(v) for v in zyx[::-1])
+        return np.array([self._flip()[0] - x, self._flip()[1] - y, z]) * self.zoom
+
+    def crop(self, imgs: np.ndarray, start: Sequence[int], size: int) -> np.ndarray:
+        """The working-grid cube at ``start`` (zero outside the working grid)."""
+        scale = 1.0 / self.zoom
+        matrix = np.array([[0, 0, scale[2]], [0, -scale[1], 0], [-scale[0], 0, 0]])  # (z, y, x) from (i, j, k)
+        offset = np.array([start[2] * scale[2], self._flip()[1] - start[1] * scale[1], self._flip()[0] - start[0] * scale[0]])
+        out = ndimage.affine_transform(np.asarray(imgs, dtype=np.float32), matrix, offset=offset, output_shape=(size,) * 3,
+                                       order=1, mode="nearest", prefilter=False)
+        for axis, (s, n) in enumerate(zip(start, self.working_shape)):
+            idx = np.arange(size) + s
+            out[(slice(None),) * axis + (~((idx >= 0) & (idx < n)),)] = 0
+        return out
+
+    def paste(self, crop: np.ndarray, start: Sequence[int]) -> tuple[tuple[slice, ...], np.ndarray]:
+        """The crop mapped back onto the array (z, y, x): the region it covers and its values there."""
+        size = crop.shape[0]
+        lo_w, hi_w = np.asarray(start, dtype=float) - 1, np.asarray(start, dtype=float) + size
+        corners = [self._from_working(w) for w in (lo_w, hi_w)]
+        lo = np.maximum(np.floor(np.minimum(*corners)).astype(int), 0)
+        hi = np.minimum(np.ceil(np.maximum(*corners)).astype(int) + 1, self.shape)
+        if np.any(hi <= lo):
+            return (slice(0, 0),) * 3, np.zeros((0, 0, 0), np.float32)
+        for axis, (s, n) in enumerate(zip(start, self.working_shape)):  # beyond the working grid: its edge value
+            crop = np.take(crop, np.clip(np.clip(np.arange(size) + s, 0, n - 1) - s, 0, size - 1), axis=axis)
+        matrix = np.array([[0, 0, -self.zoom[0]], [0, -self.zoom[1], 0], [self.zoom[2], 0, 0]])  # (i, j, k) from (z, y, x)
+        offset = np.array([self._flip()[0] * self.zoom[0], self._flip()[1] * self.zoom[1], 0]) - np.asarray(start) + matrix @ lo
+        values = ndimage.affine_transform(crop.astype(np.float32), matrix, offset=offset, output_shape=tuple(hi - lo),
+                                          order=1, mode="grid-constant", cval=0.0, prefilter=False)
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), values
+
+    def _from_working(self, ijk: np.ndarray) -> np.ndarray:
+        x, y, z = self._flip()[0] - ijk[0] / self.zoom[0], self._flip()[1] - ijk[1] / self.zoom[1], ijk[2] / self.zoom[2]
+        return np.array([z, y, x])
+
+
 # -- strategies --------------------------------------------------------------------------------
+#: One class's prediction: the array region it covers and the probabilities there (None: nothing).
+Region = tuple[tuple[slice, ...], np.ndarray] | None
+
+
 @dataclass(frozen=True)
 class Strategy:
-    """How a model turns one class's prompts into a probability map (z, y, x), or None (nothing)."""
+    """How a model turns each class's prompts into a probability region of the (z, y, x) array."""
 
     description: str
-    predict: Callable[..., list[np.ndarray | None]]  # (model, volume, prompts, modality, settings)
+    predict: Callable[..., list[Region]]  # (model, imgs, spacing, prompts, modality, settings)
 
 
 STRATEGIES: Registry[Strategy] = Registry("challenge prompt strategy")
 
 
-def _cut_to_slices(prob: np.ndarray, box: dict | None) -> np.ndarray:
+def _cut_to_slices(region: tuple[tuple[slice, ...], np.ndarray], box: dict | None) -> Region:
+    slices, prob = region
     if box is not None:
-        prob[: box["z_min"]] = 0
-        prob[box["z_max"] + 1:] = 0
-    return prob
+        z = np.arange(slices[0].start, slices[0].stop)
+        prob[(z < box["z_min"]) | (z > box["z_max"])] = 0
+    return slices, prob
 
 
-def _sam_probs(model: nn.Module, volume: Volume, prompts: list[ClassPrompt], modality: str, settings: dict) -> list[np.ndarray | None]:
-    work, grid = to_working_grid(volume, settings["target_spacing"])
+def _sam_probs(model: nn.Module, imgs: np.ndarray, spacing: Sequence[float], prompts: list[ClassPrompt], modality: str,
+               settings: dict) -> list[Region]:
+    grid = NpzGrid.of(imgs.shape, spacing, settings["target_spacing"])
     size, device = model.image_size, next(model.parameters()).device
-    out: list[np.ndarray | None] = []
+    out: list[Region] = []
     for prompt in prompts:
         first = prompt.box_click()
         clicks = ([(first, True)] if first is not None else []) + prompt.clicks
@@ -132,17 +198,16 @@ def _sam_probs(model: nn.Module, volume: Volume, prompts: list[ClassPrompt], mod
         if not positives:
             out.append(None)
             continue
-        centre = prompt.box_centre() or positives[0]
-        window = centred_window(grid.to_working(np.asarray(centre[::-1], dtype=float)), size)
+        window = centred_window(grid.to_working(prompt.box_centre() or positives[0]), size)
         pts, labels = [], []
         for p, fg in clicks:
-            c = np.round(grid.to_working(np.asarray(p[::-1], dtype=float)) - np.asarray(window.start))
+            c = np.round(grid.to_working(p) - np.asarray(window.start))
             if np.all(c >= 0) and np.all(c <= size - 1):
                 pts.append(c), labels.append(int(fg))
         if 1 not in labels:
             out.append(None)
             continue
-        crop = normalise(window.extract(work), modality, settings["normalization"])
+        crop = normalise(grid.crop(imgs, window.start, size), modality, settings["normalization"])
         emb = model.encode(torch.from_numpy(crop)[None, None].to(device))
         p_t = torch.tensor(np.stack(pts)[None], dtype=torch.float32, device=device)
         l_t = torch.tensor([labels], dtype=torch.int64, device=device)
@@ -150,15 +215,16 @@ def _sam_probs(model: nn.Module, volume: Volume, prompts: list[ClassPrompt], mod
         for n in range(1, len(pts) + 1):
             logits, _ = model.decode(emb, p_t[:, :n], l_t[:, :n], mask_logits=logits)
         full = torch.sigmoid(F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False))
-        prob = from_working_grid(window.paste(full[0, 0].cpu().numpy(), work.shape), grid, order=1)
-        out.append(_cut_to_slices(np.ascontiguousarray(prob.transpose(2, 1, 0)), prompt.box))
+        out.append(_cut_to_slices(grid.paste(full[0, 0].cpu().numpy(), window.start), prompt.box))
     return out
 
 
-def _segvol_probs(model: nn.Module, volume: Volume, prompts: list[ClassPrompt], modality: str, settings: dict) -> list[np.ndarray | None]:
+def _segvol_probs(model: nn.Module, imgs: np.ndarray, spacing: Sequence[float], prompts: list[ClassPrompt], modality: str,
+                  settings: dict) -> list[Region]:
     from adapt3d.cores.segvol.zoom import segment_volume
 
-    out: list[np.ndarray | None] = []
+    volume = npz_volume(imgs, spacing)
+    out: list[Region] = []
     for prompt in prompts:
         b = prompt.box
         box_ijk = None if b is None else [(b["z_mid_x_min"], b["z_mid_y_min"], b["z_min"]), (b["z_mid_x_max"], b["z_mid_y_max"], b["z_max"])]
@@ -168,21 +234,21 @@ def _segvol_probs(model: nn.Module, volume: Volume, prompts: list[ClassPrompt], 
         points = [p[::-1] for p, _ in prompt.clicks] or None
         labels = [int(fg) for _, fg in prompt.clicks] or None
         logits, _ = segment_volume(model, volume, points_ijk=points, labels=labels, box_ijk=box_ijk, modality=modality or "CT")
-        out.append(np.ascontiguousarray(torch.sigmoid(torch.from_numpy(logits)).numpy().transpose(2, 1, 0)))
+        prob = torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits.transpose(2, 1, 0)))).numpy()
+        out.append(((slice(None),) * 3, prob))
     return out
 
 
-def _box_fill(model: nn.Module | None, volume: Volume, prompts: list[ClassPrompt], modality: str, settings: dict) -> list[np.ndarray | None]:
-    shape = volume.shape[::-1]
-    out: list[np.ndarray | None] = []
+def _box_fill(model: nn.Module | None, imgs: np.ndarray, spacing: Sequence[float], prompts: list[ClassPrompt], modality: str,
+              settings: dict) -> list[Region]:
+    out: list[Region] = []
     for prompt in prompts:
         b = prompt.box
         if b is None:
             out.append(None)
             continue
-        prob = np.zeros(shape, dtype=np.float32)
-        prob[b["z_min"]: b["z_max"] + 1, b["z_mid_y_min"]: b["z_mid_y_max"] + 1, b["z_mid_x_min"]: b["z_mid_x_max"] + 1] = 1.0
-        out.append(prob)
+        region = (slice(b["z_min"], b["z_max"] + 1), slice(b["z_mid_y_min"], b["z_mid_y_max"] + 1), slice(b["z_mid_x_min"], b["z_mid_x_max"] + 1))
+        out.append((region, np.ones([s.stop - s.start for s in region], dtype=np.float32)))
     return out
 
 
@@ -196,16 +262,17 @@ STRATEGIES.register("box-fill", Strategy(
     "trivial baseline, no model: each class is its box (mid-slice 2D box over z_min..z_max); clicks ignored", _box_fill))
 
 
-def merge(probs: list[np.ndarray | None], shape: tuple[int, ...]) -> np.ndarray:
+def merge(regions: list[Region], shape: tuple[int, ...]) -> np.ndarray:
     """One uint8 label map: per voxel the class (i + 1) of highest probability among those > 0.5."""
     segs = np.zeros(shape, dtype=np.uint8)
     best = np.full(shape, 0.5, dtype=np.float32)
-    for i, prob in enumerate(probs):
-        if prob is None:
+    for i, region in enumerate(regions):
+        if region is None:
             continue
-        win = prob > best
-        segs[win] = i + 1
-        best[win] = prob[win]
+        slices, prob = region
+        win = prob > best[slices]
+        segs[slices][win] = i + 1
+        best[slices][win] = prob[win]
     return segs
 
 
@@ -238,8 +305,8 @@ class NpzPredictor:
     def __call__(self, inputs: dict, modality: str = "") -> np.ndarray:
         imgs = np.asarray(inputs["imgs"])
         prompts = class_prompts(inputs)
-        volume = npz_volume(imgs, inputs["spacing"])
+        spacing = tuple(float(v) for v in np.asarray(inputs["spacing"], dtype=float).ravel())
         route = self.router.route(modality) if self.router is not None else contextlib.nullcontext(self.model)
         with route as model:
-            probs = self.strategy.predict(model, volume, prompts, modality, self.settings)
-        return merge(probs, imgs.shape)
+            regions = self.strategy.predict(model, imgs, spacing, prompts, modality, self.settings)
+        return merge(regions, imgs.shape)
