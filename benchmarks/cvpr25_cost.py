@@ -8,7 +8,8 @@ loop and predictor as ``adapt3d evaluate --protocol cvpr25`` / ``adapt3d predict
 once; per step the whole image is resampled to 1.5 mm, every class encodes its crop and decodes its
 clicks, and is mapped back to the input grid). The challenge's limit is 90 s per class for the 6
 steps, whole container run included (model loading and npz I/O are extra in the container: the
-load time is printed separately). Prints JSON; the figures of a run on this machine are in
+load time is printed separately). One encoder forward is timed alone too, to compare with the
+uncontended encoder figure of ``encoder_speed.py`` in the README. Prints JSON; the figures of a run on this machine are in
 ``benchmarks/results/cvpr25_cost.json``.
 """
 
@@ -62,6 +63,13 @@ def main() -> None:
     t0 = time.perf_counter()
     model = load_core("sam-med3d").to(args.device).eval()  # turbo architecture, random weights
     load_s = time.perf_counter() - t0
+    with torch.no_grad():  # one encoder forward alone (median of 3): compare with README's uncontended encoder figure
+        x = torch.randn(1, 1, 128, 128, 128, device=args.device)
+        enc = []
+        for _ in range(3):
+            t = time.perf_counter()
+            model.encode(x)
+            enc.append(time.perf_counter() - t)
     imgs, gts = synthetic_case(args.shape, args.classes)
     predictor = NpzPredictor(model, target_spacing=(1.5, 1.5, 1.5))
     run = run_case(imgs, args.spacing, gts, challenge_boxes(gts), lambda inputs: predictor(inputs, "CT"))
@@ -73,7 +81,7 @@ def main() -> None:
         "image_zyx": list(args.shape), "spacing_xyz_mm": list(args.spacing), "classes": n,
         "device": args.device, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None, "platform": platform.platform(),
-        "model_load_s": round(load_s, 2), "step_s": [round(s, 2) for s in run.seconds],
+        "model_load_s": round(load_s, 2), "encoder_forward_128_s": round(float(np.median(enc)), 2), "step_s": [round(s, 2) for s in run.seconds],
         "total_6_steps_s": round(sum(run.seconds), 2), "per_class_6_steps_s": round(sum(run.seconds) / n, 2),
         "challenge_limit_per_class_s": 90,
     }
