@@ -12,7 +12,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-VERBS = ["demo", "ingest", "simulate-us", "config", "adapt", "evaluate", "pseudolabel", "predict", "export", "report", "serve"]
+VERBS = [
+    "demo", "ingest", "simulate-us", "convert", "config", "adapt", "evaluate", "pseudolabel", "predict", "predict-npz",
+    "export", "report", "serve",
+]
 
 
 def _verb_module(name: str):

@@ -77,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", default="auto", help="CT, MR or US (default: from dataset.json)")
     p.add_argument("--simulated", action="store_true", help="the data is simulated (e.g. rendered ultrasound)")
     p.add_argument("--silver-standard", action="store_true", help="the labels are model predictions")
+    p.add_argument("--protocol", default="nclick", choices=["nclick", "cvpr25"],
+                   help="nclick (default) or cvpr25: the CVPR 2025 challenge's box + 5 clicks, DSC/NSD AUC (docs/cvpr25.md); "
+                        "--clicks and --simulator do not apply to it")
     p.add_argument("--clicks", type=_ints, default=(1, 3, 5, 10), help="click counts to report (default: 1,3,5,10)")
     p.add_argument("--simulator", default="center", help="click simulator: center (default) or random")
     p.add_argument("--slice-axis", type=_axis, metavar="AXIS",
@@ -118,8 +121,10 @@ def run(args: argparse.Namespace) -> int:
         options["target_spacing"] = args.spacing
     if args.normalization is not None:
         options["normalization"] = args.normalization
+    if args.protocol != "nclick":  # the challenge fixes its prompts: a box, then 5 clicks at the largest error
+        options = {k: v for k, v in options.items() if k not in ("clicks", "simulator")}
     out = run_evaluation(
-        core=args.core, core_type=args.core_type, adapter=args.adapter, domain=domain, options=options,
+        core=args.core, core_type=args.core_type, adapter=args.adapter, domain=domain, options=options, protocol=args.protocol,
         out=Path(args.out), core_description=args.core_description, overwrite=args.overwrite,
         save_predictions=not args.no_predictions, device=args.device,
     )

@@ -1,7 +1,8 @@
 """``adapt3d evaluate``: the N-click protocol on any nnU-Net raw dataset, written as a run directory.
 
 Cores are evaluated by the protocol registered for them in ``EVALUATORS`` (2D cores slice by
-slice); cores not listed there use the 3D N-click protocol.
+slice); cores not listed there use the 3D N-click protocol. Other protocols, the same for every
+core (the CVPR 2025 challenge's), are registered by name in ``PROTOCOLS``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from adapt3d.config import build_dataclass
 from adapt3d.cores import load_core
 from adapt3d.cores.preprocessing import Preprocessing
+from adapt3d.evaluate.cvpr25_run import Cvpr25Protocol, evaluate_items_cvpr25
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
 from adapt3d.evaluate.segvol_protocol import SegVolProtocol, evaluate_items_segvol
 from adapt3d.evaluate.slicewise import SlicewiseProtocol, evaluate_slicewise
@@ -38,24 +40,36 @@ NCLICK = Evaluator(Protocol, evaluate_items)
 EVALUATORS: Registry[Evaluator] = Registry("evaluator")
 EVALUATORS.register("sam2d", Evaluator(SlicewiseProtocol, evaluate_slicewise))
 EVALUATORS.register("segvol", Evaluator(SegVolProtocol, evaluate_items_segvol))
+#: The default protocol's name: the core's own N-click evaluator above.
+DEFAULT_PROTOCOL = "nclick"
+#: Protocols other than the default, by name (the same for every core).
+PROTOCOLS: Registry[Evaluator] = Registry("evaluation protocol")
+PROTOCOLS.register(Cvpr25Protocol.NAME, Evaluator(Cvpr25Protocol, evaluate_items_cvpr25))
 
 
-def evaluator_for(core_type: str) -> Evaluator:
-    """The evaluator of core ``core_type`` (the 3D N-click protocol unless one is registered)."""
+def evaluator_for(core_type: str, protocol: str = DEFAULT_PROTOCOL) -> Evaluator:
+    """The evaluator of ``protocol`` (default: core ``core_type``'s N-click evaluator, 3D unless one is registered)."""
+    if protocol != DEFAULT_PROTOCOL:
+        return PROTOCOLS.get(protocol)
     return EVALUATORS.get(core_type) if core_type in EVALUATORS else NCLICK
 
 
-def make_protocol(core_type: str, **options: Any) -> Protocol:
-    """The protocol settings of ``core_type``'s evaluator; an option it does not have is a ConfigError."""
-    return build_dataclass(evaluator_for(core_type).protocol, options, f"evaluation protocol of {core_type}")
+def make_protocol(core_type: str, protocol: str = DEFAULT_PROTOCOL, **options: Any) -> Protocol:
+    """The settings of ``protocol`` for ``core_type``; an option it does not have is a ConfigError."""
+    return build_dataclass(evaluator_for(core_type, protocol).protocol, options, f"evaluation protocol {protocol} of {core_type}")
 
 
-def core_protocol(core_type: str, preprocessing: Preprocessing, options: Mapping[str, Any]) -> Protocol:
+def protocol_name(protocol: Protocol) -> str:
+    """The registered name of a protocol's settings (``nclick`` for the default ones)."""
+    return getattr(protocol, "NAME", DEFAULT_PROTOCOL)
+
+
+def core_protocol(core_type: str, preprocessing: Preprocessing, options: Mapping[str, Any], protocol: str = DEFAULT_PROTOCOL) -> Protocol:
     """``make_protocol`` with the core's spacing and normalisation wherever ``options`` do not set them."""
     defaults: dict[str, Any] = {"normalization": preprocessing.normalization}
     if preprocessing.spacing is not None:
         defaults["target_spacing"] = tuple(preprocessing.spacing)
-    return make_protocol(core_type, **{**defaults, **options})
+    return make_protocol(core_type, protocol, **{**defaults, **options})
 
 
 def run_evaluation(
@@ -65,6 +79,7 @@ def run_evaluation(
     adapter: str | None = None,
     domain: DomainSection,
     options: Mapping[str, Any],
+    protocol: str = DEFAULT_PROTOCOL,
     out: Path,
     core_description: str = "",
     overwrite: bool = False,
@@ -73,15 +88,16 @@ def run_evaluation(
 ) -> Path:
     """Evaluate the frozen core (``before``) and, with ``adapter``, the adapted model (``after``).
 
-    ``options`` are the protocol's settings (:func:`make_protocol`); its ``target_spacing`` and
+    ``protocol`` names the protocol (``nclick``, ``cvpr25``) and ``options`` are its settings
+    (:func:`make_protocol`); their ``target_spacing`` and
     ``normalization`` default to the core's own preprocessing (``model.preprocessing``).
     """
     started, t0 = now(), time.time()
-    evaluate_fn = evaluator_for(core_type).evaluate
-    seed = make_protocol(core_type, **options).seed  # bad options fail before any data or model is read
+    evaluate_fn = evaluator_for(core_type, protocol).evaluate
+    seed = make_protocol(core_type, protocol, **options).seed  # bad options fail before any data or model is read
     dom = load_domain(domain, "target", seed=seed, all_test=True)
     model = load_core(core_type, core).to(device)
-    protocol = core_protocol(core_type, model.preprocessing, options)
+    name, protocol = protocol, core_protocol(core_type, model.preprocessing, options, protocol)
     used = dataclasses.replace(model.preprocessing, normalization=protocol.normalization, spacing=(
         tuple(protocol.target_spacing) if model.preprocessing.spacing is not None or "target_spacing" in options else None))
     fingerprint = None
@@ -121,7 +137,7 @@ def run_evaluation(
             "schema": SCHEMA, "kind": "evaluate", "name": out.name,
             "core": {"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description,
                      "preprocessing": used.to_dict()},
-            "adapter": adapter_record, "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
+            "adapter": adapter_record, "protocol": name, "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
             "domains": domains, "retention": None, "training": None, "caveats": caveats(core_description, domains),
         })
     return out

@@ -65,7 +65,10 @@ def _overview(runs: list[Run], generated: str) -> Section:
 def _results(runs: list[Run]) -> Section:
     blocks: list[Block] = []
     for run in runs:
-        blocks += [Heading(run.label), tables.results_table(run)]
+        blocks.append(Heading(run.label))
+        if run.metrics.get("protocol") == "cvpr25":
+            blocks.append(tables.cvpr25_table(run))
+        blocks.append(tables.results_table(run))
     return Section("results", "Domains × clicks: before and after adaptation", blocks)
 
 

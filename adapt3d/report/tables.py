@@ -220,3 +220,25 @@ def env_table(run: Run) -> Table:
         ("platform", env.get("platform")),
     ]
     return Table(["key", "value"], [[k, "not recorded" if v is None else str(v)] for k, v in facts])
+
+
+def cvpr25_table(run: Run) -> Table:
+    """The CVPR 2025 challenge's figures (``--protocol cvpr25`` runs) per domain and stage."""
+    rows = []
+    strategies = set()
+    for name, dom in run.domains.items():
+        for stage in STAGES:
+            ev = dom.get(stage)
+            if not ev or "challenge" not in ev:
+                continue
+            strategies.add(ev.get("prompt_strategy", "?"))
+            ch = ev["challenge"]
+            auc = [DASH if ch.get(k, {}).get("mean") is None else f"{ch[k]['mean']:.3f} ± {ch[k].get('sd') or 0:.3f}" for k in ("DSC_AUC", "NSD_AUC")]
+            rows.append([domain_label(name, dom), stage, *auc, fmt_stat(ch.get("DSC_Final")), fmt_stat(ch.get("NSD_Final")),
+                         fmt_stat(stat(ev, 1, "dice")), f"{ch['time_per_class_s']['mean']:.2f}", str(ch["DSC_AUC"]["n"])])
+    columns = ["domain", "stage", "DSC_AUC", "NSD_AUC", "DSC final", "NSD final", "DSC box (step 1)", "s / class (6 steps)", "images"]
+    caption = (f"{run.label}: CVPR 2025 challenge protocol (box, then 5 clicks at the largest error; per image the mean over its "
+               "classes; AUC = trapezoid over the 5 click steps, maximum 4; Dice/NSD ×100, NSD at 2 mm). "
+               f"Prompt strategy: {'; '.join(sorted(strategies))}. The per-step table below counts steps as clicks: "
+               "step 1 = the box, step k = the box and k − 1 clicks.")
+    return Table(columns, rows, caption, numeric=set(range(2, 9)))
