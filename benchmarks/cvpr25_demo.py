@@ -53,7 +53,7 @@ def main() -> None:
     baseline = evaluate_items_cvpr25(None, dom.split.test, dom.modality, Cvpr25Protocol(strategy="box-fill"))
     result = {
         "command": "python benchmarks/cvpr25_demo.py", "data": f"{DATA.name}: {', '.join(CLASSES)} (one image, 5 classes)",
-        "core": DESCRIPTION, "adapter": str(ADAPTER.relative_to(ROOT)), "run_dir": str(run_dir), "wall_seconds": round(time.time() - t0, 1),
+        "core": DESCRIPTION, "adapter": str(ADAPTER.relative_to(ROOT)), "run_dir": str(Path(run_dir).resolve().relative_to(ROOT)) if Path(run_dir).resolve().is_relative_to(ROOT) else str(run_dir), "wall_seconds": round(time.time() - t0, 1),
         "box-fill baseline": _figures(baseline), "demo core (before)": _figures(metrics["before"]),
         "demo core + MRI LoRA (after)": _figures(metrics["after"]),
         "note": "CPU, 2 cores shared with other jobs: times are contended. AUC maximum is 4 (trapezoid over 5 click steps).",
