@@ -93,10 +93,26 @@ class RetentionSection:
     clicks: int = 1  # click count at which retention is measured during training
     threshold: float = 0.0  # guard: retention below this triggers the action
     action: str = "keep-best"  # keep-best | stop | none
+    # preservation objective (docs/retention.md): distil the frozen core's outputs on unlabelled CT crops
+    preserve: bool = False  # true: the settings below (their defaults are the recommended setting)
+    preserve_weight: float = 1.0  # weight of the preservation loss next to the segmentation loss
+    preserve_crops: int = 2  # CT crops per training step (the extra cost per step scales with it)
+    preserve_pool: int = 16  # distinct CT crops whose frozen outputs are cached before training
+    preserve_clicks: int = 3  # click rounds per CT crop (mask fed back, as the N-click protocol does)
+    preserve_target: str = "both"  # logits | embeddings | both
+    preserve_path: str = ""  # nnU-Net dataset of (unlabelled) CT images; empty: the reference set's images
 
     def __post_init__(self) -> None:
         if self.action not in ("keep-best", "stop", "none"):
             raise ValueError(f"retention.action must be keep-best, stop or none, not {self.action!r}")
+        if self.preserve_target not in ("logits", "embeddings", "both"):
+            raise ValueError(f"retention.preserve_target must be logits, embeddings or both, not {self.preserve_target!r}")
+        if isinstance(self.preserve_weight, bool) or not isinstance(self.preserve_weight, (int, float)) or not self.preserve_weight >= 0:
+            raise ValueError(f"retention.preserve_weight must be >= 0, not {self.preserve_weight!r}")
+        for key in ("preserve_crops", "preserve_pool", "preserve_clicks"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"retention.{key} must be an integer >= 1, not {value!r}")
 
 
 @dataclass(frozen=True)

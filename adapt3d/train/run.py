@@ -22,7 +22,9 @@ from adapt3d.runs import SCHEMA, caveats, env_record, now, prepare_run_dir, writ
 from adapt3d.train.config import ExperimentConfig, config_hash, config_yaml
 from adapt3d.train.data import CropDataset, EpochSampler
 from adapt3d.train.domains import Domain, extra_items, load_domain
+from adapt3d.train.merged import merged_retention
 from adapt3d.train.module import AdaptModule
+from adapt3d.train.preserve import Preservation, preservation_source
 from adapt3d.train.retention import RetentionMonitor, mean_dice
 from adapt3d.tuners import AdaptedModel, format_report, save_adapter
 
@@ -59,6 +61,7 @@ def run_adaptation(
         raise ConfigError("adapter.method none trains nothing: use 'adapt3d evaluate' for the frozen core")
     target = load_domain(cfg.data.target, "target", seed=cfg.seed)
     reference = load_domain(cfg.data.reference, "reference", seed=cfg.seed, all_test=True) if cfg.data.reference else None
+    source = preservation_source(cfg.retention, reference) if cfg.retention.preserve else None  # checked before model work
     train_items = list(target.split.train)
     if cfg.pseudolabel.enabled:
         pseudo = extra_items(cfg.pseudolabel.path, cfg.data.target.classes, min_voxels=cfg.data.target.min_voxels)
@@ -97,7 +100,9 @@ def run_adaptation(
         from adapt3d.train.context import context_loss_for
 
         extra_loss = context_loss_for(model, cfg, target)
-    module = AdaptModule(model, cfg.train, cfg.seed, extra_loss=extra_loss)
+    preserve = Preservation(model, source, cfg.retention, normalization=cfg.data.normalization, spacing=tuple(cfg.data.target_spacing),
+                            simulator=cfg.eval.simulator, seed=cfg.seed) if source else None  # before any training step
+    module = AdaptModule(model, cfg.train, cfg.seed, extra_loss=extra_loss, preserve=preserve)
     if extra_loss is not None and cfg.context_head.pretrain_epochs > 0 and not resume:
         _context_stage(module, cfg, dataset, run_dir)
     monitor = RetentionMonitor(
@@ -137,6 +142,7 @@ def run_adaptation(
             "reference_domain": reference.name, "metric": "dice", "clicks": cfg.retention.clicks, "frozen": frozen,
             "history": monitor.history, "final": final, "best_checkpoint_step": best_step,
             "guard": {**dataclasses.asdict(cfg.retention), "triggered": monitor.triggered},
+            "merged": merged_retention(model, reference, protocol, before[reference.name], cfg.retention.clicks),
         }
     info = {
         "data": f"{target.dataset.name} ({target.modality}{', SIMULATED' if target.section.simulated else ''}): "
@@ -164,7 +170,8 @@ def run_adaptation(
         "domains": domains, "retention": retention,
         "training": {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
                      "wall_seconds": round(time.time() - t0, 1), "loss_history": module.loss_history,
-                     "context_head": cfg.context_head.enabled, "pseudolabels": cfg.pseudolabel.enabled},
+                     "context_head": cfg.context_head.enabled, "pseudolabels": cfg.pseudolabel.enabled,
+                     "preserve": preserve.record() if preserve else None},
         "caveats": info["caveats"],
     }
     write_json(run_dir / "metrics.json", metrics)
