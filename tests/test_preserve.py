@@ -7,6 +7,7 @@ import csv
 import json
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -85,29 +86,31 @@ def test_frozen_targets_come_from_the_same_module_with_the_adapter_off(method):
     assert pres.labels[:, 0].eq(1).all(), "the first click is positive, inside the pseudo-object"
 
 
-class SegLoss(L.Callback):
-    def __init__(self) -> None:
-        self.values: list[float] = []
+def target_loss(module: AdaptModule, batch: dict) -> float:
+    """Dice+CE of the click rounds on a fixed batch with fixed clicks (dropout off)."""
+    module.model.eval()
+    with torch.no_grad():
+        emb = module.model.encode(batch["image"])
+        loss = module.click_rounds(emb, batch["label"], batch["known"], np.random.default_rng(0))
+    module.model.train()
+    return float(loss)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.values.append(float(trainer.callback_metrics["train/seg_loss"]))
 
-
-def train(weight: float, method: str = "lora") -> tuple:
+def train(weight: float) -> tuple:
     L.seed_everything(0, verbose=False)
-    model = add_adapters(tiny_core(), AdapterConfig(method=method, rank=4, targets=("encoder.qkv", "decoder.attn")), verbose=False)
+    model = add_adapters(tiny_core(), AdapterConfig(method="lora", rank=4, targets=("encoder.qkv", "decoder.attn")), verbose=False)
     pres = preservation(model, preserve_weight=weight, preserve_crops=2)
     target = load_domain(DomainSection(path=str(MR), classes=("liver", "spleen"), test=dict_split()), "target", seed=0)
     data = CropDataset(target.split.train, target.modality, size=32, target_spacing=SPACING, normalization="sam-med3d",
                        seed=0, samples_per_item=8, augment=False)
-    cfg = TrainSection(lr=2e-2, warmup_steps=1, click_rounds=2, batch_size=2)
-    module = AdaptModule(model, cfg, seed=0, preserve=pres)
-    seg = SegLoss()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[seg],
+    module = AdaptModule(model, TrainSection(lr=2e-2, warmup_steps=1, click_rounds=2, batch_size=2), seed=0, preserve=pres)
+    batch = next(iter(DataLoader(data, batch_size=4)))
+    before = target_loss(module, batch)
+    trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_model_summary=False, enable_progress_bar=False)
     module.train()
     trainer.fit(module, DataLoader(data, batch_size=2, shuffle=False))
-    return model, pres, seg.values
+    return model, pres, (before, target_loss(module, batch))
 
 
 def dict_split():
@@ -118,20 +121,22 @@ def dict_split():
 
 def test_large_preservation_weight_keeps_ct_outputs_while_the_target_loss_falls():
     plain = tiny_core()
-    free, pres, _ = train(weight=0.0)
-    kept, pres_kept, seg = train(weight=50.0)
+    free, pres, free_losses = train(weight=0.0)
+    kept, pres_kept, (loss_before, loss_after) = train(weight=50.0)
     frozen_emb, frozen_prob = first_round(plain, pres)
 
     def distance(model, p):
         emb, prob = first_round(model, p)
-        return float(((emb - frozen_emb) ** 2).mean() / (frozen_emb**2).mean()), float((prob - frozen_prob).abs().max())
+        return float(((emb - frozen_emb) ** 2).mean() / (frozen_emb**2).mean()), float((prob - frozen_prob).abs().mean())
 
     free_emb, free_prob = distance(free, pres)
     kept_emb, kept_prob = distance(kept, pres_kept)
-    assert kept_emb < 0.01 and kept_prob < 0.1, (kept_emb, kept_prob)
-    assert kept_emb < 0.2 * free_emb, (kept_emb, free_emb)  # without it the CT outputs move much further
-    assert len(pres_kept.history) == len(seg) == 8
-    assert sum(seg[-3:]) / 3 < sum(seg[:3]) / 3, seg  # the target still learns
+    values = dict(kept_emb=kept_emb, kept_prob=kept_prob, free_emb=free_emb, free_prob=free_prob,
+                  kept_losses=(loss_before, loss_after), free_losses=free_losses)
+    assert kept_emb < 0.01 and kept_prob < 0.025, values
+    assert kept_emb < 0.1 * free_emb and kept_prob < 0.3 * free_prob, values  # without it CT outputs move much further
+    assert len(pres_kept.history) == 16  # one preservation loss per training step
+    assert loss_after < loss_before - 0.02, values  # the target still learns
 
 
 def experiment(tmp_path, core_path, method: str, **retention) -> list[str]:
@@ -168,6 +173,13 @@ def test_run_records_the_preservation_loss_and_the_merged_retention(tmp_path, me
     for k in ("1", "3"):  # merging is exact: the merged core gives the adapted model's CT Dice
         assert merged["dice"][k] == pytest.approx(after[k]["dice"]["mean"], abs=1e-3)
     assert merged["final"] == pytest.approx(merged["per_click"]["1"])
+    if method == "lora":  # the report puts the setting, target gain and merged retention side by side
+        from adapt3d.report import write_report
+
+        md = (write_report([run], tmp_path / "report")["paths"]["markdown"])
+        text = open(md).read()
+        assert "MERGED CT retention @3" in text and "on: weight 1.0, 2 crops/step, both" in text
+        assert f"{100 * merged['per_click']['3']:.1f}%" in text
 
 
 def test_bad_preservation_settings_fail_before_model_work(tmp_path):
