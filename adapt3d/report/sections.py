@@ -5,6 +5,7 @@ from __future__ import annotations
 from adapt3d.report import figures, tables
 from adapt3d.report.document import Block, Bullets, Details, Document, Figure, Heading, Note, Section, Text
 from adapt3d.report.overlays import domain_overlays
+from adapt3d.report.preservation import preservation_table
 from adapt3d.report.runs import Run, domain_label
 
 #: Section ids in order; "comparison" only appears when several runs are given.
@@ -85,6 +86,8 @@ def _retention(runs: list[Run]) -> Section:
     else:
         blocks.append(Figure("retention", png, "CT Dice retention over training per run; dashed: the guard threshold."))
     blocks.append(tables.retention_table(runs))
+    if any((r.metrics.get("retention") or {}).get("merged") for r in runs):
+        blocks += [Heading("With and without CT preservation; the merged export"), preservation_table(runs)]
     return Section("retention", "Retention on the reference (CT) domain", blocks)
 
 

@@ -101,6 +101,11 @@ def check_experiment(cfg: ExperimentConfig) -> list[str]:
             _domain(problems, "pseudolabel", dataclasses.replace(DomainSection(), path=cfg.pseudolabel.path), required=True)
     if cfg.context_head.enabled and cfg.context_head.pool:
         _domain(problems, "context_head.pool", dataclasses.replace(DomainSection(), path=cfg.context_head.pool), required=True)
+    if cfg.retention.preserve:
+        if cfg.retention.preserve_path:
+            _domain(problems, "retention.preserve_path", dataclasses.replace(DomainSection(), path=cfg.retention.preserve_path), required=True)
+        elif cfg.data.reference is None:
+            problems.append("retention.preserve: needs CT images: set data.reference or retention.preserve_path")
     if cfg.train.devices > 1 and cfg.train.strategy == "auto":
         problems.append("train.strategy: set ddp (or another multi-device strategy) when train.devices > 1")
     return problems

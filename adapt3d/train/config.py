@@ -111,6 +111,14 @@ class RetentionSection:
     clicks: int = setting(1, ge=1, help="click count at which retention is measured during training")
     threshold: float = setting(0.0, ge=0.0, help="guard: retention below this triggers the action")
     action: str = setting("keep-best", choices=RETENTION_ACTIONS)
+    # preservation objective (docs/retention.md): distil the frozen core's outputs on unlabelled CT crops
+    preserve: bool = setting(False, help="true: the settings below (their defaults are the recommended setting)")
+    preserve_weight: float = setting(1.0, ge=0.0, help="weight of the preservation loss next to the segmentation loss")
+    preserve_crops: int = setting(2, ge=1, help="CT crops per training step (the extra cost per step scales with it)")
+    preserve_pool: int = setting(16, ge=1, help="distinct CT crops whose frozen outputs are cached before training")
+    preserve_clicks: int = setting(3, ge=1, help="click rounds per CT crop (mask fed back, as the N-click protocol does)")
+    preserve_target: str = setting("both", choices=("logits", "embeddings", "both"))
+    preserve_path: str = setting("", path=True, help="nnU-Net dataset of (unlabelled) CT images; empty: the reference set's images")
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ class AdaptModule(L.LightningModule):
     rounds, each adding a click at the current error and feeding the previous low-res logits back;
     Dice+CE (ignore-masked) on every round. Checkpoints hold only the trainable parameters."""
 
-    def __init__(self, model: AdaptedModel, train: TrainSection, seed: int, extra_loss=None) -> None:
+    def __init__(self, model: AdaptedModel, train: TrainSection, seed: int, extra_loss=None, preserve=None) -> None:
         super().__init__()
         self.model = model
         self.cfg = train
         self.seed = seed
         self.simulate = CLICK_SIMULATORS.get(train.click_simulator)
         self.extra_loss = extra_loss  # e.g. the context head: callable(module, batch) -> (loss, logs)
+        self.preserve = preserve  # CT preservation (train/preserve.py): callable(module) -> (loss, logs)
         self.strict_loading = False
         self.seg_enabled = True  # False during a context-only pre-adaptation stage
         self.loss_history: list[dict] = []
@@ -65,6 +66,9 @@ class AdaptModule(L.LightningModule):
             extra, extra_logs = self.extra_loss(self, batch)
             loss = loss + extra
             logs.update(extra_logs)
+        if self.preserve is not None:
+            kept, kept_logs = self.preserve(self)
+            loss, logs = loss + kept, {**logs, **kept_logs}
         self.log_dict({"train/loss": loss.detach(), **logs}, prog_bar=True, batch_size=batch["image"].shape[0])
         self.loss_history.append({"step": int(self.global_step) + 1, "loss": float(loss.detach())})
         return loss

@@ -12,12 +12,13 @@ from adapt3d.runs import SCHEMA
 from adapt3d.train.config import ExperimentConfig, config_yaml
 
 
-def retention_record(cfg: ExperimentConfig, reference: str, frozen: float | None, final: float, monitor, best_step: int | None) -> dict:
-    """The ``retention`` block of metrics.json."""
+def retention_record(cfg: ExperimentConfig, reference: str, frozen: float | None, final: float, monitor,
+                     best_step: int | None, merged: dict | None) -> dict:
+    """The ``retention`` block of metrics.json (``merged``: the merged export's own CT retention)."""
     return {
         "reference_domain": reference, "metric": "dice", "clicks": cfg.retention.clicks, "frozen": frozen,
         "history": monitor.history, "final": final, "best_checkpoint_step": best_step,
-        "guard": {**dataclasses.asdict(cfg.retention), "triggered": monitor.triggered},
+        "guard": {**dataclasses.asdict(cfg.retention), "triggered": monitor.triggered}, "merged": merged,
     }
 
 
@@ -69,7 +70,8 @@ def write_config(path: Path, cfg: ExperimentConfig) -> None:
 
 
 def metrics_record(cfg: ExperimentConfig, *, model, adapter_report: dict, size: int, protocol: Protocol,
-                   domains: dict, retention: dict | None, trainer, module, wall: float, caveat_lines: list[str], context: dict | None) -> dict:
+                   domains: dict, retention: dict | None, trainer, module, wall: float, caveat_lines: list[str], context: dict | None,
+                   preserve: dict | None) -> dict:
     """metrics.json of an adaptation run."""
     return {
         "schema": SCHEMA, "kind": "adapt", "name": cfg.name,
@@ -82,6 +84,7 @@ def metrics_record(cfg: ExperimentConfig, *, model, adapter_report: dict, size: 
         "domains": domains, "retention": retention,
         "training": {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
                      "wall_seconds": round(wall, 1), "loss_history": module.loss_history,
-                     "context_head": cfg.context_head.enabled, "context": context, "pseudolabels": cfg.pseudolabel.enabled},
+                     "context_head": cfg.context_head.enabled, "context": context, "pseudolabels": cfg.pseudolabel.enabled,
+                     "preserve": preserve},
         "caveats": caveat_lines,
     }

@@ -30,7 +30,9 @@ from adapt3d.train.config import ExperimentConfig, config_hash, load_experiment,
 from adapt3d.train.context import context_loss_for, context_pool
 from adapt3d.train.data import CropDataset, EpochSampler
 from adapt3d.train.domains import Domain, extra_items, load_domain
+from adapt3d.train.merged import merged_retention
 from adapt3d.train.module import AdaptModule
+from adapt3d.train.preserve import Preservation, preservation_source
 from adapt3d.train.progress import TrainingProgress
 from adapt3d.train.record import card_metrics, guard_message, metrics_record, retention_record, write_config, write_retention_csv
 from adapt3d.train.retention import RetentionMonitor, mean_dice
@@ -130,6 +132,7 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
     adapter_cfg = cfg.adapter
     target = load_domain(cfg.data.target, "target", seed=cfg.seed)
     reference = load_domain(cfg.data.reference, "reference", seed=cfg.seed, all_test=True) if cfg.data.reference else None
+    source = preservation_source(cfg.retention, reference) if cfg.retention.preserve else None  # checked before model work
     train_items = list(target.split.train)
     if cfg.pseudolabel.enabled:
         pseudo = extra_items(cfg.pseudolabel.path, cfg.data.target.classes, min_voxels=cfg.data.target.min_voxels)
@@ -162,7 +165,9 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
         jitter=cfg.train.jitter, augment=cfg.train.augment,
     )
     extra_loss, context = (None, None) if pool is None else context_loss_for(model, cfg, pool, protocol)
-    module = AdaptModule(model, cfg.train, cfg.seed, extra_loss=extra_loss)
+    preserve = Preservation(model, source, cfg.retention, normalization=protocol.normalization, spacing=protocol.target_spacing,
+                            simulator=cfg.eval.simulator, seed=cfg.seed) if source else None  # before any training step
+    module = AdaptModule(model, cfg.train, cfg.seed, extra_loss=extra_loss, preserve=preserve)
     last = run_dir / "checkpoints" / "last.ckpt"
     resuming = resume and last.exists()
     if extra_loss is not None and cfg.context_head.pretrain_epochs > 0 and not resuming:
@@ -194,7 +199,8 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
     retention = None
     if reference:
         final = mean_dice(after[reference.name], cfg.retention.clicks) / frozen if frozen else float("nan")
-        retention = retention_record(cfg, reference.name, frozen, final, monitor, best_step)
+        merged = merged_retention(model, reference, protocol, before[reference.name], cfg.retention.clicks)
+        retention = retention_record(cfg, reference.name, frozen, final, monitor, best_step, merged)
         print(guard_message(retention))
     caveat_lines = caveats(cfg.core.description, domains) + ([context["caveat"]] if context else [])
     info = {
@@ -214,6 +220,7 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
     write_json(run_dir / "metrics.json", metrics_record(
         cfg, model=model, adapter_report=report, size=size, protocol=protocol, domains=domains, retention=retention,
         trainer=trainer, module=module, wall=time.time() - t0, caveat_lines=caveat_lines, context=context,
+        preserve=preserve.record() if preserve else None,
     ))
     return True
 
