@@ -131,12 +131,14 @@ def test_large_preservation_weight_keeps_ct_outputs_while_the_target_loss_falls(
 
     free_emb, free_prob = distance(free, pres)
     kept_emb, kept_prob = distance(kept, pres_kept)
-    values = dict(kept_emb=kept_emb, kept_prob=kept_prob, free_emb=free_emb, free_prob=free_prob,
-                  kept_losses=(loss_before, loss_after), free_losses=free_losses)
+    values = dict(kept_losses=(loss_before, loss_after), free_losses=free_losses, kept_emb=kept_emb, kept_prob=kept_prob, free_emb=free_emb, free_prob=free_prob,
+                  )
     assert kept_emb < 0.01 and kept_prob < 0.025, values
     assert kept_emb < 0.1 * free_emb and kept_prob < 0.3 * free_prob, values  # without it CT outputs move much further
     assert len(pres_kept.history) == 16  # one preservation loss per training step
-    assert loss_after < loss_before - 0.02, values  # the target still learns
+    free_gain = free_losses[0] - free_losses[1]
+    assert free_gain > 0.02, values  # four epochs do teach the target without preservation ...
+    assert loss_after < loss_before - 0.1 * free_gain, values  # ... and still do, more slowly, under a heavy preservation weight
 
 
 def experiment(tmp_path, core_path, method: str, **retention) -> list[str]:
