@@ -219,8 +219,7 @@ def train_step(ctx: Ctx) -> dict:
 
     from adapt3d.tuners import AdaptedModel, AdapterConfig, resolve_targets
 
-    base = our_core(ctx)
-    state = {k: v.clone() for k, v in base.state_dict().items()}
+    base, official_base = our_core(ctx), official_model(ctx)  # copied per configuration (fast, same weights)
     combos = [(p, m, c) for p in ("fp32", "bf16") for m in METHODS for c in (False, True)]
     if ctx.quick:  # every method once, checkpointing and bf16 once each
         combos = [("fp32", m, False) for m in METHODS] + [("bf16", "lora-qv", True)]
@@ -228,7 +227,7 @@ def train_step(ctx: Ctx) -> dict:
     rows, ok = [], True
     for precision, method, ckpt in combos:
         ctx.reset_peak()
-        model = AdaptedModel(our_core(ctx, state), fingerprint="random weights")
+        model = AdaptedModel(copy.deepcopy(base), fingerprint="random weights")
         model.add(AdapterConfig(**METHODS[method]))
         model.to(ctx.device)
         model.core.image_encoder.grad_checkpointing = ckpt
@@ -246,7 +245,7 @@ def train_step(ctx: Ctx) -> dict:
         del model, params, step
     for precision, method in official[1:3] if ctx.quick else official:  # official + peft (medim: no checkpointing)
         ctx.reset_peak()
-        ref = official_model(ctx)
+        ref = copy.deepcopy(official_base)
         if method == "lora":
             names = resolve_targets(base, "sam-med3d", AdapterConfig(method="lora").targets, linear=True)
             ref = get_peft_model(ref, LoraConfig(r=32, lora_alpha=32, target_modules=names)).base_model.model

@@ -92,6 +92,7 @@ class TrainingClicks:
         self.points: torch.Tensor = gt.new_zeros((gt.shape[0], 0, 3), dtype=torch.float32)
         self.labels: torch.Tensor = gt.new_zeros((gt.shape[0], 0), dtype=torch.int64)
         self.lists: list[list[Click]] = [[] for _ in range(gt.shape[0])]
+        self.host_gt: np.ndarray | None = None
         self.rounds = 0
 
     def step(self, pred: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,7 +116,9 @@ class TrainingClicks:
 
     def _host_step(self, pred: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The numpy simulators, one crop at a time (masks copied to the host)."""
-        gt = self.gt.cpu().numpy()
+        if self.host_gt is None:
+            self.host_gt = self.gt.cpu().numpy()
+        gt = self.host_gt
         current = None if pred is None else (pred & self.valid).cpu().numpy()
         for i, clicks in enumerate(self.lists):
             if not gt[i].any():

@@ -117,7 +117,8 @@ def run_adaptation(
         default_root_dir=run_dir,
     )
     sampler = EpochSampler(len(dataset), cfg.seed, rank=trainer.global_rank, world=trainer.world_size)
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=cfg.train.num_workers)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=cfg.train.num_workers,
+                        pin_memory=trainer.strategy.root_device.type == "cuda")  # asynchronous host→GPU copies
     last = run_dir / "checkpoints" / "last.ckpt"
     module.train()  # adapter dropout active; the frozen core has no mode-dependent layers
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if resume and last.exists() else None)
