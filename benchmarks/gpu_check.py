@@ -156,10 +156,12 @@ def train_step(ctx: Ctx) -> dict:
 
 @check("host_round_trips")
 def host_round_trips(ctx: Ctx) -> dict:
-    """Host reads per training step (5 click rounds), on-device ('random') vs host ('center') clicks."""
+    """Host reads per training step (5 click rounds): the batched on-device clicks (forced on, as on an
+    accelerator), what training uses on this device by default, and the numpy-only ``center``."""
     import warnings
 
     from adapt3d.hostsync import HostSyncCounter
+    from adapt3d.prompts import device_clicks
     from adapt3d.train.config import TrainSection
     from adapt3d.train.module import AdaptModule
     from adapt3d.tuners import AdaptedModel, AdapterConfig
@@ -172,27 +174,33 @@ def host_round_trips(ctx: Ctx) -> dict:
     target[:, :, ctx.size // 4 : ctx.size // 2, ctx.size // 4 : ctx.size // 2, ctx.size // 4 : ctx.size // 2] = 1
     known = torch.ones_like(image)
     out = {}
-    for simulator in ("random", "center"):
+    default_hosts = set(device_clicks.HOST_DEVICE_TYPES)
+    for variant, simulator, hosts in (("random_on_device", "random", set()), ("random_default", "random", default_hosts),
+                                      ("center", "center", default_hosts)):
         module = AdaptModule(model, TrainSection(click_rounds=5, click_simulator=simulator), seed=0)
 
         def step():
             loss = module.click_rounds(model.encode(image), target, known, np.random.default_rng(0))
             loss.backward()
 
-        ms, _ = ctx.timed(step)
-        with HostSyncCounter() as counter, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if ctx.cuda:
-                torch.cuda.set_sync_debug_mode("warn")
-            try:
-                step()
-            finally:
+        device_clicks.HOST_DEVICE_TYPES = hosts
+        try:
+            ms, _ = ctx.timed(step)
+            with HostSyncCounter() as counter, warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 if ctx.cuda:
-                    torch.cuda.set_sync_debug_mode("default")
-        out[simulator] = {"step_ms": ms, "host_reads_adapt3d": counter.from_files("adapt3d/"),
-                          "host_reads_all": counter.total, "reads": dict(counter.counts),
-                          "cuda_synchronizing_ops": sum("synchroniz" in str(w.message) for w in caught) if ctx.cuda else None}
-    return {"ok": out["random"]["host_reads_adapt3d"] == 0, "batch": 2, "click_rounds": 5, **out}
+                    torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    step()
+                finally:
+                    if ctx.cuda:
+                        torch.cuda.set_sync_debug_mode("default")
+        finally:
+            device_clicks.HOST_DEVICE_TYPES = default_hosts
+        out[variant] = {"step_ms": ms, "host_reads_adapt3d": counter.from_files("adapt3d/"),
+                        "host_reads_all": counter.total, "reads": dict(counter.counts),
+                        "cuda_synchronizing_ops": sum("synchroniz" in str(w.message) for w in caught) if ctx.cuda else None}
+    return {"ok": out["random_on_device"]["host_reads_adapt3d"] == 0, "batch": 2, "click_rounds": 5, **out}
 
 
 def _experiment(ctx: Ctx, out: Path, *extra: str):

@@ -53,7 +53,8 @@ def test_figures_are_there_and_right(quick_report):
     trainable = {r["method"]: r["trainable"] for r in steps if r["impl"] == "adapt3d"}
     assert trainable["adapter"] < trainable["lora"] < trainable["full"]
     sync = checks["host_round_trips"]
-    assert sync["random"]["host_reads_adapt3d"] == 0 and sync["center"]["host_reads_adapt3d"] > 0
+    assert sync["random_on_device"]["host_reads_adapt3d"] == 0 and sync["center"]["host_reads_adapt3d"] > 0
+    assert sync["random_default"]["host_reads_adapt3d"] > 0  # a CPU keeps the numpy simulators
     assert checks["adapt_run"]["steps"] > 0 and checks["adapt_run"]["volumes_per_s"] > 0
     assert checks["whole_volume_predict"]["windows"] >= 1
     assert checks["ddp_smoke"]["k_slice_max_abs"] == 0.0 and checks["ddp_smoke"]["backend"] == "gloo"
