@@ -40,6 +40,7 @@ DEVICE_CLICK_SIMULATORS: Registry[DeviceClickSimulator] = Registry("on-device cl
 #: per step vs 400–560 ms batched in torch), and CPU runs keep the clicks of earlier versions exactly.
 HOST_DEVICE_TYPES: set[str] = {"cpu"}
 
+
 def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """(B,) flat indices into ``shape`` → (B, len(shape)) float32 array-order indices."""
     coords = []
@@ -67,7 +68,7 @@ def uniform_choice(candidates: torch.Tensor, generator: torch.Generator) -> tupl
     size = 1 << max(0, (n - 1).bit_length() + 1) // 2  # a power of two near √n
     if n % size:
         flat = torch.cat([flat, flat.new_zeros(b, size - n % size)], dim=1)
-    blocks = flat.view(b, -1, size)
+    blocks = flat.reshape(b, -1, size)
     per_block = blocks.sum(dim=2)
     running = per_block.cumsum(dim=1)
     count = running[:, -1]
