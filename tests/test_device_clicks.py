@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from adapt3d.prompts import device_clicks
 from adapt3d.prompts.clicks import next_click, random_clicks
 from adapt3d.prompts.device_clicks import TrainingClicks, random_clicks_batched
 
@@ -69,11 +71,15 @@ def test_clicks_stay_inside_the_known_voxels():
     assert bool(valid[torch.arange(64), p[:, 0], p[:, 1], p[:, 2]].all())
 
 
-def test_training_clicks_rounds_match_the_host_path_structure():
+@pytest.mark.parametrize("on_device", [True, False])
+def test_training_clicks_rounds_on_device_and_on_the_host(on_device, monkeypatch):
+    """Both paths of TrainingClicks give the same rounds on a deterministic case."""
+    monkeypatch.setattr(device_clicks, "HOST_DEVICE_TYPES", set() if on_device else {"cpu"})
     gt = torch.zeros(2, 8, 8, 8, dtype=torch.bool)
     gt[0, 2:5, 2:5, 2:5] = True  # crop 1 has no object
     valid = torch.ones_like(gt)
     clicks = TrainingClicks("random", gt, valid, np.random.default_rng(0))
+    assert (clicks.batched is not None) == on_device
     points, labels = clicks.step(None)
     assert points.shape == (2, 1, 3) and labels.tolist() == [[1], [0]]  # one negative prompt for crop 1
     assert bool(gt[0][tuple(points[0, 0].long().tolist())])

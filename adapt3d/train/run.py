@@ -184,7 +184,8 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
     trainer = _trainer(cfg, run_dir, label="adapting", log_version="", callbacks=[monitor, checkpoints, *callbacks],
                        max_epochs=cfg.train.epochs)
     sampler = EpochSampler(len(dataset), cfg.seed, rank=trainer.global_rank, world=trainer.world_size)
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=cfg.train.num_workers)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=cfg.train.num_workers,
+                        pin_memory=trainer.strategy.root_device.type == "cuda")  # asynchronous host→GPU copies
     module.train()  # adapter dropout active; the frozen core has no mode-dependent layers
     _fit(trainer, module, loader, str(last) if resuming else None)
     best_step = monitor.restore_best(module)
