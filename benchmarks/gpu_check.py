@@ -329,7 +329,7 @@ def ddp_smoke(ctx: Ctx) -> dict:
         run = run_adaptation(cfg)
         state = load_file(str(run / "adapter" / "adapter_model.safetensors"))
         steps = json.loads((run / "metrics.json").read_text())["training"]["steps"]
-    rank = cfg.adapter_config.rank
+    rank = cfg.adapter.rank
     worst = 0.0
     for key, b in state.items():
         if "attn.qkv.lora_B" in key:

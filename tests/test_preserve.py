@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from adapt3d import load_core
 from adapt3d.cores import save_core
-from adapt3d.errors import ConfigError, InputError
+from adapt3d.errors import ConfigError
 from adapt3d.train.config import DomainSection, RetentionSection, TrainSection, load_experiment
 from adapt3d.train.data import CropDataset
 from adapt3d.train.domains import load_domain
@@ -192,5 +192,5 @@ def test_bad_preservation_settings_fail_before_model_work(tmp_path):
         load_experiment(path, ["retention.preserve_crops=0"])
     with pytest.raises(ConfigError, match="retention.preserve needs CT images"):
         run_adaptation(load_experiment(path, ["data.reference=null"]))
-    with pytest.raises(InputError, match="nowhere: dataset folder not found"):
+    with pytest.raises(ConfigError, match="retention.preserve_path: .*nowhere: dataset folder not found"):
         run_adaptation(load_experiment(path, [f"retention.preserve_path={tmp_path / 'nowhere'}"]))

@@ -7,7 +7,6 @@ not know, unknown registry names. It reads ``dataset.json`` and file names only 
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from pathlib import Path
 
@@ -23,8 +22,26 @@ def _names(problems: list[str], key: str, given: tuple[str, ...], valid: list[st
             problems.append(f"{key}: unknown {what} {name!r} (not in {where}){hint}")
 
 
+def _dataset(problems: list[str], key: str, path: str):
+    """The scanned nnU-Net dataset at ``path`` (None after adding its problems)."""
+    from adapt3d.data.nnunet import scan_dataset
+
+    root = Path(path)
+    if not (root / "dataset.json").is_file():
+        problems.append(f"{key}: {root}: not an nnU-Net raw dataset (no dataset.json)" if root.is_dir()
+                        else f"{key}: {root}: dataset folder not found")
+        return None
+    try:
+        ds, found = scan_dataset(root)
+    except Adapt3dError as exc:
+        problems.append(f"{key}: {exc}")
+        return None
+    problems += [f"{key}: {root}: {p}" for p in found]
+    return None if found else ds
+
+
 def _domain(problems: list[str], key: str, section: DomainSection | None, *, required: bool) -> None:
-    from adapt3d.data.nnunet import normalise_modality, scan_dataset
+    from adapt3d.data.nnunet import normalise_modality
 
     if section is None:
         return
@@ -32,17 +49,10 @@ def _domain(problems: list[str], key: str, section: DomainSection | None, *, req
         if required:
             problems.append(f"{key}.path: not set (an nnU-Net v2 raw dataset folder)")
         return
-    root = Path(section.path)
-    if not (root / "dataset.json").is_file():
-        problems.append(f"{key}.path: {root}: not an nnU-Net raw dataset (no dataset.json)" if root.is_dir()
-                        else f"{key}.path: {root}: dataset folder not found")
+    ds = _dataset(problems, f"{key}.path", section.path)
+    if ds is None:
         return
-    try:
-        ds, found = scan_dataset(root)
-    except Adapt3dError as exc:
-        problems.append(f"{key}.path: {exc}")
-        return
-    problems += [f"{key}.path: {root}: {p}" for p in found]
+    root = ds.root
     classes = sorted(ds.classes)
     labels = root / "dataset.json"
     _names(problems, f"{key}.classes", section.classes, classes, "class", labels)
@@ -98,14 +108,14 @@ def check_experiment(cfg: ExperimentConfig) -> list[str]:
         if not cfg.pseudolabel.path:
             problems.append("pseudolabel.path: not set while pseudolabel.enabled is true")
         else:
-            _domain(problems, "pseudolabel", dataclasses.replace(DomainSection(), path=cfg.pseudolabel.path), required=True)
+            _dataset(problems, "pseudolabel.path", cfg.pseudolabel.path)
     if cfg.context_head.enabled and cfg.context_head.pool:
-        _domain(problems, "context_head.pool", dataclasses.replace(DomainSection(), path=cfg.context_head.pool), required=True)
+        _dataset(problems, "context_head.pool", cfg.context_head.pool)
     if cfg.retention.preserve:
         if cfg.retention.preserve_path:
-            _domain(problems, "retention.preserve_path", dataclasses.replace(DomainSection(), path=cfg.retention.preserve_path), required=True)
+            _dataset(problems, "retention.preserve_path", cfg.retention.preserve_path)
         elif cfg.data.reference is None:
-            problems.append("retention.preserve: needs CT images: set data.reference or retention.preserve_path")
+            problems.append("retention.preserve needs CT images: set data.reference or retention.preserve_path")
     if cfg.train.devices > 1 and cfg.train.strategy == "auto":
         problems.append("train.strategy: set ddp (or another multi-device strategy) when train.devices > 1")
     return problems
