@@ -86,7 +86,7 @@ def _write(path, array, affine=np.eye(4)):
         ("missing-core", "checkpoint not found"),
         ("corrupt-core", "not a readable checkpoint"),
         ("wrong-arch", "not a sam-med3d checkpoint"),
-        ("bad-out", "out.txt: the ending decides the mask format: use .nii.gz or .nii"),
+        ("bad-out", "out.txt: output must end in .nii.gz, .nii, .mha, .mhd, .nrrd or .nhdr (the ending decides the format)"),
         ("negative-point", "point (-1.0, 4.0, 4.0) lies outside the volume of shape (12, 12, 12)"),
         ("negative-point-equals", "point (4.0, -2.5, 4.0) lies outside the volume"),
         ("out-exists", "out.nii.gz: already exists (choose another output, or --overwrite to replace it)"),
