@@ -125,3 +125,17 @@ def test_config_init_writes_a_self_contained_template(tmp_path, capsys):
     assert main(["config", "list"]) == 0
     listing = capsys.readouterr().out
     assert "lora-r32" in listing and "ct_to_mr_sam_med3d" in listing
+
+
+def test_the_spelt_out_lightning_choices_are_lightnings_own():
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from adapt3d.train.config import ACCELERATORS, PRECISIONS, STRATEGIES
+
+    assert set(PRECISIONS) <= set(typing.get_args(_PRECISION_INPUT_STR))
+    assert set(STRATEGIES) - {"auto"} <= set(StrategyRegistry.available_strategies())
+    assert set(ACCELERATORS) - {"auto", "gpu"} <= set(AcceleratorRegistry.available_accelerators())

@@ -44,10 +44,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adapt3d.train.config import load_experiment
-    from adapt3d.train.run import run_adaptation
+    from adapt3d.errors import ConfigError
+    from adapt3d.train.checks import check_experiment
+    from adapt3d.train.config import load_experiment, problem_summary
 
     cfg = load_experiment(args.config, list(args.overrides))
+    problems = check_experiment(cfg)  # before importing the training stack: a bad setting is refused fast
+    if problems:
+        raise ConfigError(problem_summary(f"experiment {cfg.name!r}", problems))
+    from adapt3d.train.run import run_adaptation
+
     run_dir = run_adaptation(cfg, overwrite=args.overwrite, resume=args.resume)
     if run_dir is not None:
         from adapt3d.summary import print_summary
