@@ -115,16 +115,17 @@ def check_values(cls: type, values: Mapping[str, Any], where: str = "") -> list[
             message = str(exc).splitlines()[0].replace("$VALUE_TYPE", type(value).__name__).replace("$VALUE", repr(value))
             problems.append(f"{where}{key}: {message}")
             continue
-        typed = _merge_nested(typed, _nest(key, value))
+        typed = deep_merge(typed, _nest(key, value))
     checked = OmegaConf.to_container(OmegaConf.merge(schema, typed))
     return problems + _rule_walk(cls, checked, where)
 
 
-def _merge_nested(into: dict, layer: Mapping[str, Any]) -> dict:
+def deep_merge(into: Mapping[str, Any], layer: Mapping[str, Any]) -> dict:
+    """``into`` updated by ``layer``: mappings merge key by key, anything else (lists too) replaces."""
     out = dict(into)
     for key, value in layer.items():
         both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
-        out[key] = _merge_nested(out[key], value) if both else value
+        out[key] = deep_merge(out[key], value) if both else value
     return out
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from adapt3d.config import build_dataclass, check_values, resolve_paths, setting, to_plain, typed_values
+from adapt3d.config import build_dataclass, check_values, deep_merge, resolve_paths, setting, to_plain, typed_values
 from adapt3d.errors import ConfigError
 from adapt3d.presets import CONFIGS, find_preset, is_yaml_path, read_yaml
 from adapt3d.tuners.config import AdapterConfig
@@ -204,13 +204,6 @@ def _file_layer(path: Path) -> dict:
     return resolve_paths(ExperimentConfig, values, path.parent)
 
 
-def _merge(into: dict, layer: dict) -> dict:
-    out = dict(into)
-    for key, value in layer.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def _override_layer(item: str, cwd: Path) -> tuple[dict, bool]:
     """One ``key=value`` as a layer, and whether it replaces its whole section."""
     key, sep, raw = item.partition("=")
@@ -241,7 +234,7 @@ def experiment_values(path: str | os.PathLike | None, overrides: list[str] = (),
         except ConfigError as exc:
             problems.append(str(exc))
             continue
-        values = {**values, **layer} if replaces else _merge(values, layer)
+        values = {**values, **layer} if replaces else deep_merge(values, layer)
     if problems:
         raise ConfigError(problem_summary(where, problems))
     return values, where
