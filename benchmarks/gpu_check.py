@@ -180,7 +180,7 @@ def host_round_trips(ctx: Ctx) -> dict:
         module = AdaptModule(model, TrainSection(click_rounds=5, click_simulator=simulator), seed=0)
 
         def step():
-            loss = module.click_rounds(model.encode(image), target, known, np.random.default_rng(0))
+            loss = module.segmentation_loss(model.encode(image), {"label": target, "known": known}, np.random.default_rng(0))
             loss.backward()
 
         device_clicks.HOST_DEVICE_TYPES = hosts

@@ -60,7 +60,7 @@ def main() -> None:
         chunk = samples[(step % args.steps) * args.batch : (step % args.steps + 1) * args.batch]
         batch = {k: torch.stack([s[k] for s in chunk]).to(device) for k in chunk[0]}
         t = time.perf_counter()
-        loss = module.click_rounds(model.encode(batch["image"]), batch["label"], batch["known"], rng)
+        loss = module.segmentation_loss(model.encode(batch["image"]), batch, rng)
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -47,7 +47,7 @@ def _step(model: AdaptedModel, dtype=torch.float32, autocast: bool = False, roun
     module = AdaptModule(model, TrainSection(click_rounds=rounds), seed=0)
     image, target, known = _batch(dtype)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        loss = module.click_rounds(model.encode(image), target, known, np.random.default_rng(0))
+        loss = module.segmentation_loss(model.encode(image), {"label": target, "known": known}, np.random.default_rng(0))
     loss.backward()
     return loss
 
@@ -150,7 +150,7 @@ def test_training_clicks_make_no_host_round_trip(monkeypatch):
     def reads(simulator: str) -> int:
         module = AdaptModule(model, TrainSection(click_rounds=3, click_simulator=simulator), seed=0)
         with HostSyncCounter() as counter:
-            loss = module.click_rounds(model.encode(image), target, known, np.random.default_rng(0))
+            loss = module.segmentation_loss(model.encode(image), {"label": target, "known": known}, np.random.default_rng(0))
             loss.backward()
         return counter.from_files("adapt3d/")
 

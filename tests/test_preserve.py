@@ -91,7 +91,7 @@ def target_loss(module: AdaptModule, batch: dict) -> float:
     module.model.eval()
     with torch.no_grad():
         emb = module.model.encode(batch["image"])
-        loss = module.click_rounds(emb, batch["label"], batch["known"], np.random.default_rng(0))
+        loss = module.segmentation_loss(emb, batch, np.random.default_rng(0))
     module.model.train()
     return float(loss)
 

@@ -21,7 +21,7 @@ from torch import nn
 from adapt3d import load_core
 from adapt3d.cli import main
 from adapt3d.cores import save_core
-from adapt3d.cores.sam2d import infer_config
+from adapt3d.cores.sam2d import Sam2D, infer_config
 from adapt3d.cores.sam2d.image_encoder import ImageEncoderViT
 from adapt3d.data.items import prepare_case
 from adapt3d.errors import Adapt3dError, CheckpointError
@@ -194,15 +194,15 @@ def test_lora_on_sam2d_attention_exports_merged_official_weights(tmp_path):
     assert (got - expected).abs().max().item() <= 1e-4
 
 
-class StandInCore(nn.Module):
+class StandInCore(Sam2D):
     """A 2D core without a network, for checking the protocol's geometry: its low-res logits are
     positive everywhere (``radius=None``) or in a disk of ``radius`` model pixels around each
-    positive click."""
+    positive click. A Sam2D by type (so it has the sam2d contract), none of its layers."""
 
-    core_name = "sam2d"
+    image_size = low_res_size = 0  # set per instance (Sam2D reads them from its config)
 
     def __init__(self, image_size: int = 256, radius: float | None = None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.anchor = nn.Parameter(torch.zeros(1))
         self.image_size, self.low_res_size, self.radius = image_size, image_size // 4, radius
 

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from adapt3d import load_core
 from adapt3d.cli import main
 from adapt3d.cores import save_core
+from adapt3d.cores.sam_med3d import SamMed3D
 from adapt3d.data.imageio import Volume, load_volume
 from adapt3d.data.preprocess import to_working_grid
 from adapt3d.errors import ConfigError
@@ -38,16 +39,19 @@ BRAIN = SAMPLE_DATA / "Dataset004_BrainTumourMR" / "imagesTr" / "brain1_0000.nii
 AT_3MM = {"spacing": 3.0, "max_windows": 200}
 
 
-class ThresholdOracle(nn.Module):
+class ThresholdOracle(SamMed3D):
     """A SAM-Med3D-format stand-in: ``encode`` keeps the crop, ``decode`` thresholds it at the click.
 
     Logits are linear in the (2×2×2-averaged) intensity: +10 at the clicked intensity, -10 at the
     window's minimum, 0 halfway, so the upsampled boundary falls between voxels as a model's would.
     A window of uniform intensity is all object. Negative clicks and the mask prompt are ignored.
+    A SamMed3D by type (so it has the sam-med3d contract), none of its layers.
     """
 
+    image_size = low_res_size = 0  # set per instance (SamMed3D reads them from its config)
+
     def __init__(self, size: int = 32) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.image_size, self.low_res_size = size, size // 2
         self.gain = nn.Parameter(torch.tensor(10.0))
 

@@ -17,6 +17,7 @@ from torch import nn
 from adapt3d.atomic import atomic_file
 from adapt3d.config import build_dataclass
 from adapt3d.cores.checkpoint import load_strict, read_checkpoint, strip_prefix, tensor_dict
+from adapt3d.cores.contract import CoreContract
 from adapt3d.cores.preprocessing import Preprocessing
 from adapt3d.errors import CheckpointError, ConfigError
 from adapt3d.registry import Registry
@@ -24,7 +25,7 @@ from adapt3d.registry import Registry
 
 @dataclass(frozen=True)
 class CoreSpec:
-    """How to build, recognise and (de)serialise one foundation model."""
+    """How to build, recognise and (de)serialise one foundation model, and its contract."""
 
     name: str
     description: str
@@ -35,7 +36,7 @@ class CoreSpec:
     prefixes: tuple[str, ...]  # key prefixes stripped when every key carries them
     infer_config: Callable[[dict[str, torch.Tensor]], dict]
     to_official: Callable[[dict[str, torch.Tensor], dict], Any]  # (state, adapt3d meta) → official object
-    preprocessing: Preprocessing  # the released model's input contract (image_size follows the architecture)
+    contract: CoreContract  # what the core takes and how every verb runs it (adapt3d.cores.contract)
     signature_dims: int | None = None  # ... with this many dimensions (tells 3D from 2D SAM apart)
 
     def matches(self, state: dict[str, torch.Tensor]) -> bool:
@@ -51,6 +52,16 @@ def register_core(spec: CoreSpec) -> CoreSpec:
     """Add a core to the registry (used by each core's package)."""
     CORES.register(spec.name, spec)
     return spec
+
+
+def core_spec(model: nn.Module) -> CoreSpec:
+    """The spec of a core module (or of the core inside an adapted model): the registered spec
+    whose ``model_cls`` it is an instance of (the most derived one)."""
+    core = getattr(model, "core", model)
+    found = [CORES.get(n) for n in CORES.names() if isinstance(core, CORES.get(n).model_cls)]
+    if not found:
+        raise ConfigError(f"{type(core).__name__} is not a registered core; register it with adapt3d.cores.register_core")
+    return max(found, key=lambda spec: len(spec.model_cls.__mro__))
 
 
 def _state_of(spec: CoreSpec, obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -109,7 +120,7 @@ def load_core(
     model.requires_grad_(trainable)
     model.eval()
     model.checkpoint_path = str(path) if path is not None else None
-    model.preprocessing = (stored or spec.preprocessing).with_image_size(model.image_size)
+    model.preprocessing = (stored or spec.contract.preprocessing).with_image_size(model.image_size)
     return model
 
 
@@ -118,7 +129,7 @@ def core_preprocessing(model: nn.Module) -> Preprocessing:
     carried = getattr(model, "preprocessing", None)
     if isinstance(carried, Preprocessing):
         return carried
-    return CORES.get(model.core_name).preprocessing.with_image_size(model.image_size)
+    return core_spec(model).contract.preprocessing.with_image_size(model.image_size)
 
 
 def core_config_dict(model: nn.Module) -> dict:
@@ -136,7 +147,7 @@ def save_core(model: nn.Module, path: str | os.PathLike, *, fmt: str = "official
     too, so a small core reloads without flags and keeps its spacing and normalisation.
     ``state`` replaces the model's own state dict (e.g. merged adapter weights).
     """
-    spec = CORES.get(model.core_name)
+    spec = core_spec(model)
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
     meta = {"core": spec.name, "config": core_config_dict(model), "preprocessing": core_preprocessing(model).to_dict()}

@@ -79,14 +79,20 @@ def from_working_grid(array: np.ndarray, grid: Grid, *, order: int = 1) -> np.nd
 
 @dataclass(frozen=True)
 class Window:
-    """A cubic crop of side ``size`` starting at ``start`` (may extend beyond the array: zero-padded)."""
+    """A crop of ``size`` (a cube's side, or (D, H, W)) starting at ``start`` (may extend beyond
+    the array: zero-padded)."""
 
     start: tuple[int, int, int]
-    size: int
+    size: int | tuple[int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The crop's shape."""
+        return tuple(self.size) if isinstance(self.size, tuple) else (self.size,) * 3  # type: ignore[return-value]
 
     def extract(self, array: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """The crop, zero-padded where it leaves the array."""
-        out = np.full((self.size,) * 3, fill, dtype=array.dtype)
+        out = np.full(self.shape, fill, dtype=array.dtype)
         src, dst = self.overlap(array.shape)
         out[dst] = array[src]
         return out
@@ -101,17 +107,18 @@ class Window:
     def overlap(self, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
         """Slices of the part inside an array of ``shape``: (in the array, in the window)."""
         src, dst = [], []
-        for s, n in zip(self.start, shape):
-            lo, hi = max(s, 0), min(s + self.size, n)
+        for s, n, size in zip(self.start, shape, self.shape):
+            lo, hi = max(s, 0), min(s + size, n)
             src.append(slice(lo, max(lo, hi)))
             dst.append(slice(lo - s, max(lo, hi) - s))
         return tuple(src), tuple(dst)
 
 
-def centred_window(center: np.ndarray, size: int) -> Window:
-    """The ``size``-cube whose centre voxel is ``center`` (as torchio's CropOrPad centres a mask)."""
-    start = tuple(int(np.floor(c + 0.5)) - size // 2 for c in center)
-    return Window(start, size)  # type: ignore[arg-type]
+def centred_window(center: np.ndarray, size: int | tuple[int, int, int]) -> Window:
+    """The window of ``size`` whose centre voxel is ``center`` (as torchio's CropOrPad centres a mask)."""
+    sizes = tuple(size) if isinstance(size, (tuple, list)) else (size,) * 3
+    start = tuple(int(np.floor(c + 0.5)) - n // 2 for c, n in zip(center, sizes))
+    return Window(start, tuple(size) if isinstance(size, (tuple, list)) else size)  # type: ignore[arg-type]
 
 
 Normaliser = Callable[[np.ndarray, str], np.ndarray]

@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 from torch import nn
-from torch.nn import functional as F
 
+from adapt3d.cores.registry import core_spec
 from adapt3d.data.cvpr_npz import BOX_KEYS
 from adapt3d.data.imageio import Volume
 from adapt3d.data.preprocess import centred_window, normalise
 from adapt3d.errors import InputError
+from adapt3d.prompts.loop import ClickLoop
 from adapt3d.registry import Registry
 
 
@@ -211,10 +212,10 @@ def _sam_probs(model: nn.Module, imgs: np.ndarray, spacing: Sequence[float], pro
         emb = model.encode(torch.from_numpy(crop)[None, None].to(device))
         p_t = torch.tensor(np.stack(pts)[None], dtype=torch.float32, device=device)
         l_t = torch.tensor([labels], dtype=torch.int64, device=device)
-        logits = torch.zeros(1, 1, *(model.low_res_size,) * 3, device=device)
+        loop = ClickLoop(model, emb)
         for n in range(1, len(pts) + 1):
-            logits, _ = model.decode(emb, p_t[:, :n], l_t[:, :n], mask_logits=logits)
-        full = torch.sigmoid(F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False))
+            loop.step(p_t[:, :n], l_t[:, :n])
+        full = torch.sigmoid(loop.upsampled())
         out.append(_cut_to_slices(grid.paste(full[0, 0].cpu().numpy(), window.start), prompt.box))
     return out
 
@@ -252,14 +253,22 @@ def _box_fill(model: nn.Module | None, imgs: np.ndarray, spacing: Sequence[float
     return out
 
 
-STRATEGIES.register("sam-med3d", Strategy(
+STRATEGIES.register("windows", Strategy(  # cores whose contract predicts by windows (SAM-Med3D)
     "box → clicks (SAM-Med3D has no box embeddings): a foreground click at the centre of the mid-slice 2D box, the crop "
     "centred on the 3D box centre, the prediction cut to slices z_min..z_max; then the challenge's clicks in order, "
     "low-res logits fed back click to click; prev_pred not used", _sam_probs))
-STRATEGIES.register("segvol", Strategy(
+STRATEGIES.register("zoom", Strategy(  # cores predicting by zoom-out-zoom-in (SegVol)
     "native 3D box (z_min..z_max × the mid-slice 2D box) plus all clicks, zoom-out-zoom-in; prev_pred not used", _segvol_probs))
 STRATEGIES.register("box-fill", Strategy(
     "trivial baseline, no model: each class is its box (mid-slice 2D box over z_min..z_max); clicks ignored", _box_fill))
+
+
+def _core_strategy(model: nn.Module) -> str:
+    """The challenge strategy of a core: its contract's whole-volume inference."""
+    spec = core_spec(model)
+    if spec.contract.inference not in STRATEGIES:
+        raise InputError(f"core {spec.name!r} has no challenge prompt strategy; valid: {', '.join(STRATEGIES.names())}")
+    return spec.contract.inference
 
 
 def merge(regions: list[Region], shape: tuple[int, ...]) -> np.ndarray:
@@ -281,9 +290,9 @@ class NpzPredictor:
 
     def __init__(self, model: nn.Module | None, *, strategy: str | None = None, routes: dict[str, str] | None = None,
                  target_spacing: tuple[float, float, float] = (1.5, 1.5, 1.5), normalization: str = "sam-med3d") -> None:
-        name = strategy or getattr(model, "core_name", None)
-        if name is None:
+        if strategy is None and model is None:
             raise InputError("a challenge predictor needs a model or a strategy name (e.g. box-fill)")
+        name = strategy or _core_strategy(model)
         self.name = name
         self.strategy = STRATEGIES.get(name)
         self.model = model

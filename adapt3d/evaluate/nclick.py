@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from adapt3d.data.items import Item, PreparedCase, prepare_case
@@ -25,6 +24,7 @@ from adapt3d.data.imageio import Volume, ending_of, save_volume
 from adapt3d.data.preprocess import centred_window, from_working_grid, normalise
 from adapt3d.evaluate.metrics import dice, nsd, summarise
 from adapt3d.prompts.clicks import CLICK_SIMULATORS, Click
+from adapt3d.prompts.loop import ClickLoop
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,7 @@ def segment_item(
     gt_crop = window.extract(gt_work.astype(np.uint8)).astype(bool)
     crop = normalise(window.extract(prepared.image), modality, protocol.normalization)
     device = next(model.parameters()).device
-    emb = model.encode(torch.from_numpy(crop)[None, None].to(device))
-    low = model.low_res_size
-    logits = torch.zeros(1, 1, low, low, low, device=device)
+    loop = ClickLoop(model, model.encode(torch.from_numpy(crop)[None, None].to(device)))
     clicks: list[Click] = [Click(tuple(int(p) - s for p, s in zip(first.position, window.start)), True)]
     pred_crop = np.zeros_like(gt_crop)
     out: dict[int, np.ndarray] = {}
@@ -75,9 +73,8 @@ def segment_item(
                 clicks.append(nxt)
         pts = torch.tensor([[list(c.position) for c in clicks]], dtype=torch.float32, device=device)
         labels = torch.tensor([[c.label for c in clicks]], dtype=torch.int64, device=device)
-        logits, _ = model.decode(emb, pts, labels, mask_logits=logits)
-        prob = torch.sigmoid(F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False))
-        prob_crop = prob[0, 0].cpu().numpy()
+        loop.step(pts, labels)
+        prob_crop = torch.sigmoid(loop.upsampled())[0, 0].cpu().numpy()
         pred_crop = prob_crop > 0.5
         if k in protocol.clicks:
             work = window.paste(prob_crop, prepared.label.shape)

@@ -1,16 +1,15 @@
 """``adapt3d evaluate``: the N-click protocol on any nnU-Net raw dataset, written as a run directory.
 
-Cores are evaluated by the protocol registered for them in ``EVALUATORS`` (2D cores slice by
-slice); cores not listed there use the 3D N-click protocol. Other protocols, the same for every
-core (the CVPR 2025 challenge's), are registered by name in ``PROTOCOLS``.
+Cores are evaluated by the N-click evaluator their contract names (``adapt3d.evaluate.evaluators``:
+crops, zoom-out-zoom-in, slices). Other protocols, the same for every core (the CVPR 2025
+challenge's), are registered by name in ``PROTOCOLS``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +17,15 @@ from adapt3d.config import build_dataclass
 from adapt3d.cores import load_core
 from adapt3d.cores.preprocessing import Preprocessing
 from adapt3d.evaluate.cvpr25_run import Cvpr25Protocol, evaluate_items_cvpr25
-from adapt3d.evaluate.nclick import Protocol, evaluate_items
-from adapt3d.evaluate.segvol_protocol import SegVolProtocol, evaluate_items_segvol
-from adapt3d.evaluate.slicewise import SlicewiseProtocol, evaluate_slicewise
+from adapt3d.evaluate.evaluators import Evaluator, core_evaluator
+from adapt3d.evaluate.nclick import Protocol
 from adapt3d.registry import Registry
 from adapt3d.runs import SCHEMA, caveats, env_record, now, one_shot_run_dir, write_json
 from adapt3d.train.config import DomainSection
 from adapt3d.train.domains import load_domain
 
 
-@dataclass(frozen=True)
-class Evaluator:
-    """How a kind of core is evaluated: its protocol settings and the function returning an EVAL record."""
-
-    protocol: type[Protocol]
-    evaluate: Callable[..., dict]
-
-
-NCLICK = Evaluator(Protocol, evaluate_items)
-#: Evaluators of the cores that do not use the 3D N-click protocol, by core name.
-EVALUATORS: Registry[Evaluator] = Registry("evaluator")
-EVALUATORS.register("sam2d", Evaluator(SlicewiseProtocol, evaluate_slicewise))
-EVALUATORS.register("segvol", Evaluator(SegVolProtocol, evaluate_items_segvol))
-#: The default protocol's name: the core's own N-click evaluator above.
+#: The default protocol's name: the N-click evaluator of the core's contract.
 DEFAULT_PROTOCOL = "nclick"
 #: Protocols other than the default, by name (the same for every core).
 PROTOCOLS: Registry[Evaluator] = Registry("evaluation protocol")
@@ -48,10 +33,10 @@ PROTOCOLS.register(Cvpr25Protocol.NAME, Evaluator(Cvpr25Protocol, evaluate_items
 
 
 def evaluator_for(core_type: str, protocol: str = DEFAULT_PROTOCOL) -> Evaluator:
-    """The evaluator of ``protocol`` (default: core ``core_type``'s N-click evaluator, 3D unless one is registered)."""
+    """The evaluator of ``protocol`` (default: the N-click evaluator of core ``core_type``'s contract)."""
     if protocol != DEFAULT_PROTOCOL:
         return PROTOCOLS.get(protocol)
-    return EVALUATORS.get(core_type) if core_type in EVALUATORS else NCLICK
+    return core_evaluator(core_type)
 
 
 def make_protocol(core_type: str, protocol: str = DEFAULT_PROTOCOL, **options: Any) -> Protocol:

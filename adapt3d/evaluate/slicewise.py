@@ -52,6 +52,7 @@ from adapt3d.data.items import Item, PreparedCase, prepare_case
 from adapt3d.data.preprocess import from_working_grid
 from adapt3d.evaluate.nclick import CaseResult, Protocol, evaluate_each
 from adapt3d.prompts.clicks import CLICK_SIMULATORS, Click, ClickSimulator
+from adapt3d.prompts.loop import ClickLoop
 
 #: RAS axis index of each slice orientation.
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -153,9 +154,9 @@ def segment_slice(
     simulate = CLICK_SIMULATORS.get(protocol.simulator)
     device = next(model.parameters()).device
     frame = SliceFrame(*gt.shape, model.image_size)
-    emb = model.encode(frame.image(pixels, device))
+    loop = ClickLoop(model, model.encode(frame.image(pixels, device)), start=None)
     clicks: list[Click] = []
-    logits, pred = None, None
+    pred = None
     masks, used = {}, {}
     for k in range(1, max(protocol.clicks) + 1):
         nxt = _slice_click(simulate, pred, gt, rng, spacing)
@@ -163,10 +164,8 @@ def segment_slice(
             clicks.append(nxt)
         pts = torch.tensor([[frame.point(c.position) for c in clicks]], dtype=torch.float32, device=device)
         labels = torch.tensor([[c.label for c in clicks]], dtype=torch.int64, device=device)
-        out, iou = model.decode(emb, pts, labels, mask_logits=logits, multimask_output=logits is None)
-        best = int(iou[0].argmax())
-        logits = out[:, best : best + 1]
-        pred = frame.mask(logits)
+        loop.step(pts, labels, multimask_output=loop.logits is None)
+        pred = frame.mask(loop.keep(int(loop.iou[0].argmax())))  # the best of the first click's three masks
         if k in protocol.clicks:
             masks[k], used[k] = pred, len(clicks)
     return masks, used

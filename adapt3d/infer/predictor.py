@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from adapt3d.data.imageio import Volume
 from adapt3d.data.preprocess import Grid, Window, centred_window, clamp_ct, from_working_grid, normalise, to_working_grid
 from adapt3d.errors import InputError
+from adapt3d.prompts.loop import ClickLoop, upsampled
 
 
 @dataclass
@@ -69,23 +69,15 @@ class CropPredictor:
                     f"point {tuple(p)} lies outside the {self.core.image_size}³ crop around the first point "
                     f"({self.core.image_size * self.target_spacing[0]:.0f} mm); start a separate prediction for it"
                 )
-        emb = self.core.encode(prepared.image)
+        loop = ClickLoop(self.core, self.core.encode(prepared.image))
         crop_pts = torch.tensor(np.stack([prepared.to_crop(p) for p in points_ijk]), dtype=torch.float32)
         crop_pts = crop_pts.round()[None].to(self.device)
         lab = torch.tensor(list(labels), dtype=torch.int64)[None].to(self.device)
-        low = self.core.low_res_size
-        logits = torch.zeros(1, 1, low, low, low, device=self.device)
-        out = []
-        for n in range(1, len(points_ijk) + 1):
-            logits, _ = self.core.decode(emb, crop_pts[:, :n], lab[:, :n], mask_logits=logits)
-            out.append(logits)
-        return out
+        return [loop.step(crop_pts[:, :n], lab[:, :n]) for n in range(1, len(points_ijk) + 1)]
 
     def probability(self, prepared: PreparedCrop, logits: torch.Tensor) -> np.ndarray:
         """Foreground probability on the input grid from low-res logits."""
-        size = self.core.image_size
-        full = F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False)
-        crop_prob = torch.sigmoid(full)[0, 0].cpu().numpy()
+        crop_prob = torch.sigmoid(upsampled(self.core, logits))[0, 0].cpu().numpy()
         working = prepared.window.paste(crop_prob, prepared.working_shape)
         return from_working_grid(working, prepared.grid, order=1)
 

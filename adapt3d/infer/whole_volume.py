@@ -63,6 +63,7 @@ from adapt3d.errors import ConfigError, InputError
 from adapt3d.infer.predictor import check_inside
 from adapt3d.infer.resampling_policy import RESAMPLING, ResamplingRecord, working_spacing
 from adapt3d.infer.window_cache import WindowCache
+from adapt3d.prompts.loop import ClickLoop
 from adapt3d.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ class WholeVolumePredictor:
         self, prepared: WorkingVolume, prompt: WindowPrompt, mask_in: torch.Tensor, cache: WindowCache | None
     ) -> np.ndarray:
         """Window logits (size³) after applying its clicks one by one from the mask prompt."""
-        size, device, window = self.core.image_size, self.device, prompt.window
+        device, window = self.device, prompt.window
         emb = None if cache is None else cache.embeddings.get(window.start)
         if emb is None:
             crop = normalise(window.extract(prepared.work), prepared.modality, self.config.normalization)
@@ -248,20 +249,20 @@ class WholeVolumePredictor:
         rel = prompt.points - np.asarray(window.start, dtype=float)
         pts = torch.tensor(rel, dtype=torch.float32).round()[None].to(device)
         lab = torch.from_numpy(prompt.labels)[None].to(device)
-        logits, done = mask_in.to(device), 0
+        start, done = mask_in.to(device), 0
         reuse = cache is not None and not bool(mask_in.any())  # logits then depend on the prompts only
         if reuse:
             for n in range(len(prompt.labels), 0, -1):
                 hit = cache.logits.get(cache.prompt_key(window.start, pts, lab, n))
                 if hit is not None:
-                    logits, done = hit, n
+                    start, done = hit, n
                     break
+        loop = ClickLoop(self.core, emb, start=start)
         for n in range(done + 1, len(prompt.labels) + 1):
-            logits, _ = self.core.decode(emb, pts[:, :n], lab[:, :n], mask_logits=logits)
+            logits = loop.step(pts[:, :n], lab[:, :n])
             if reuse:
                 cache.logits[cache.prompt_key(window.start, pts, lab, n)] = logits
-        full = F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False)
-        return full[0, 0].cpu().numpy()
+        return loop.upsampled()[0, 0].cpu().numpy()
 
 
 @dataclass

@@ -73,6 +73,30 @@ def _registry(problems: list[str], key: str, registry, name: str | None) -> None
         problems.append(f"{key}: {registry.unknown_message(name)}")
 
 
+def _contract(cfg: ExperimentConfig, spec) -> list[str]:
+    """What the core's contract cannot do that the experiment asks for."""
+    from adapt3d.config import check_values
+    from adapt3d.evaluate.evaluators import EVALUATORS
+    from adapt3d.train.recipes import RECIPES
+
+    contract, problems = spec.contract, []
+    if contract.training is None:
+        problems.append(f"core.name: {spec.name} has no training recipe in its contract: it can be evaluated, not adapted")
+    elif contract.training not in RECIPES:
+        problems.append(f"core.name: {spec.name}'s contract names training recipe {contract.training!r}: {RECIPES.unknown_message(contract.training)}")
+    if contract.evaluation not in EVALUATORS:
+        problems.append(f"core.name: {spec.name}'s contract names evaluator {contract.evaluation!r}: {EVALUATORS.unknown_message(contract.evaluation)}")
+    else:
+        problems += [p.replace("config: ", "eval.options: ") for p in
+                     check_values(EVALUATORS.get(contract.evaluation).protocol, cfg.eval.options, "eval.options.")]
+    cubic_clicks = contract.training == "click-rounds"  # cubic crops at a spacing, clicks with mask feedback
+    if cfg.retention.preserve and not cubic_clicks:
+        problems.append(f"retention.preserve: not available for {spec.name} (it distils click rounds with mask feedback on cubic crops)")
+    if cfg.context_head.enabled and not cubic_clicks:
+        problems.append(f"context_head.enabled: not available for {spec.name} (the context head cuts cubic crops)")
+    return problems
+
+
 def check_experiment(cfg: ExperimentConfig) -> list[str]:
     """Every problem of ``cfg`` that the schema cannot see, one line each (empty: all good)."""
     from adapt3d.config import check_values
@@ -86,6 +110,7 @@ def check_experiment(cfg: ExperimentConfig) -> list[str]:
     if cfg.core.name in CORES:
         spec = CORES.get(cfg.core.name)
         problems += [p.replace("config: ", "core.arch: ") for p in check_values(spec.config_cls, cfg.core.arch, "core.arch.")]
+        problems += _contract(cfg, spec)
         table = TARGET_TABLES.get(cfg.core.name) if cfg.core.name in TARGET_TABLES else None
         if table is not None:
             valid = sorted(table.names)

@@ -107,6 +107,7 @@ class EvalSection:
     every_n_epochs: int = setting(1, ge=1, help="validation (target val Dice + CT retention)")
     val_clicks: tuple[int, ...] = setting((1, 5), each_ge=1, non_empty=True)
     save_predictions: bool = setting(True)
+    options: dict = setting(factory=dict, help="settings of the core's own N-click protocol, e.g. SegVol's text: true (adds 0 clicks = text alone)")
 
 
 @dataclass(frozen=True)

@@ -18,27 +18,41 @@ from adapt3d.data.items import Item, prepare_case
 from adapt3d.data.preprocess import centred_window, normalise
 
 class CropDataset(Dataset):
-    """Object-centred crops of ``items``; index ``epoch * len(self) + i`` gives sample i of that epoch."""
+    """Object-centred crops of ``items``; index ``epoch * len(self) + i`` gives sample i of that epoch.
+
+    Crops are cut from the case on the working grid (RAS at ``target_spacing``, None: the input's
+    own spacing) with its axes in ``axes`` order (the core's array order, e.g. SegVol's (z, y, x)),
+    ``size`` a cube's side or (D, H, W). ``normalize_volume`` normalises the whole volume before
+    cropping (SegVol's normalisation is a volume's) instead of each crop (SAM-Med3D's). A sample
+    holds ``image``, ``label``, ``known`` (1, *size) and ``class_index`` into ``class_names``.
+    """
 
     def __init__(
         self,
         items: list[Item],
         modality: str,
         *,
-        size: int,
-        target_spacing: tuple[float, float, float],
+        size: int | tuple[int, int, int],
+        target_spacing: tuple[float, float, float] | None,
         normalization: str,
         seed: int,
         samples_per_item: int = 1,
         jitter: float = 0.25,
         augment: bool = True,
+        axes: tuple[int, int, int] = (0, 1, 2),
+        normalize_volume: bool = False,
     ) -> None:
         if not items:
             raise ValueError("no training items")
         self.items = items
+        self.class_names = sorted({i.class_name for i in items})
         self.modality = modality
         self.size = size
-        self.spacing = tuple(target_spacing)
+        self.shape = np.array(tuple(size) if isinstance(size, (tuple, list)) else (size,) * 3)
+        self.spacing = None if target_spacing is None else tuple(target_spacing)
+        self.axes = tuple(axes)
+        self.normalize_volume = normalize_volume
+        self._normalised: dict[str, np.ndarray] = {}  # per case, with normalize_volume
         self.normalization = normalization
         self.seed = seed
         self.samples_per_item = samples_per_item
@@ -58,6 +72,15 @@ class CropDataset(Dataset):
             else None
         )
 
+    def _image(self, item: Item, working: np.ndarray) -> np.ndarray:
+        """The case's working image in ``axes`` order, normalised once per case if ``normalize_volume``."""
+        if not self.normalize_volume:
+            return working.transpose(self.axes)
+        key = str(item.case.image_path)
+        if key not in self._normalised:
+            self._normalised[key] = normalise(working.transpose(self.axes), self.modality, self.normalization)
+        return self._normalised[key]
+
     def __len__(self) -> int:
         return len(self.items) * self.samples_per_item
 
@@ -66,19 +89,22 @@ class CropDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, i])
         item = self.items[i % len(self.items)]
         prepared = prepare_case(item.case, self.modality, self.spacing)
-        target = prepared.label == item.class_id
-        known = prepared.label != item.ignore_id if item.ignore_id is not None else np.ones_like(target)
-        centre = _object_centre(target) + rng.uniform(-1, 1, size=3) * self.jitter * self.size
+        image, labels = self._image(item, prepared.image), prepared.label.transpose(self.axes)
+        target = labels == item.class_id
+        known = labels != item.ignore_id if item.ignore_id is not None else np.ones_like(target)
+        centre = _object_centre(target) + rng.uniform(-1, 1, size=3) * self.jitter * self.shape
         window = centred_window(centre, self.size)
+        crop = window.extract(image)
         sample = {
-            "image": normalise(window.extract(prepared.image), self.modality, self.normalization)[None],
+            "image": (crop if self.normalize_volume else normalise(crop, self.modality, self.normalization))[None],
             "label": window.extract(target.astype(np.float32))[None],
             "known": window.extract(known.astype(np.float32))[None],
         }
         if self.augment is not None:
             self.augment.set_random_state(seed=int(rng.integers(2**31)))
             sample = self.augment(sample)
-        return {k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32) for k, v in sample.items()}
+        out = {k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32) for k, v in sample.items()}
+        return {**out, "class_index": torch.tensor(self.class_names.index(item.class_name))}
 
 
 def _object_centre(mask: np.ndarray) -> np.ndarray:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from adapt3d.cores import CORES
-from adapt3d.evaluate.nclick import Protocol, evaluate_items
+from adapt3d.evaluate.evaluators import evaluate_model
+from adapt3d.evaluate.nclick import Protocol
 from adapt3d.train.domains import Domain
 from adapt3d.train.retention import mean_dice
 from adapt3d.tuners import AdaptedModel, merged_state
@@ -28,7 +29,7 @@ def merged_retention(model: AdaptedModel, reference: Domain, protocol: Protocol,
     """``retention.merged`` of the run record: the merged weights' CT Dice per click count and its
     ratio to the frozen core's (same items, prompts and seeds)."""
     core, mergeable = merged_core(model)
-    record = evaluate_items(core, reference.split.test, reference.modality, protocol, desc=f"merged: {reference.name}")
+    record = evaluate_model(core, reference.split.test, reference.modality, protocol, desc=f"merged: {reference.name}")
     dice = {str(k): mean_dice(record, k) for k in protocol.clicks}
     frozen = {str(k): mean_dice(frozen_record, k) for k in protocol.clicks}
     per_click = {k: (dice[k] / frozen[k] if frozen[k] else float("nan")) for k in dice}

@@ -1,4 +1,4 @@
-"""The LightningModule: iterative click training of the adapters on a frozen core."""
+"""The LightningModule: training the adapters on a frozen core by its contract's recipe."""
 
 from __future__ import annotations
 
@@ -7,26 +7,26 @@ import math
 import lightning as L
 import numpy as np
 import torch
-from torch.nn import functional as F
 
-from adapt3d.prompts.clicks import CLICK_SIMULATORS
-from adapt3d.prompts.device_clicks import TrainingClicks
+from adapt3d.cores import core_spec
 from adapt3d.train.config import TrainSection
-from adapt3d.train.losses import dice_ce_loss
+from adapt3d.train.recipes import RECIPES, StepContext
 from adapt3d.tuners.model import AdaptedModel
 
 
 class AdaptModule(L.LightningModule):
-    """Trains the adapter parameters of ``model`` as SAM-Med3D trains: per volume, several click
-    rounds, each adding a click at the current error and feeding the previous low-res logits back;
-    Dice+CE (ignore-masked) on every round. Checkpoints hold only the trainable parameters."""
+    """Trains the adapter parameters of ``model`` by the training recipe of its core's contract
+    (:mod:`adapt3d.train.recipes`: SAM-Med3D's click rounds with mask feedback, SegVol's text and
+    spatial prompt rounds). Checkpoints hold only the trainable parameters."""
 
-    def __init__(self, model: AdaptedModel, train: TrainSection, seed: int, extra_loss=None, preserve=None) -> None:
+    def __init__(self, model: AdaptedModel, train: TrainSection, seed: int, *, modality: str = "CT", class_names: tuple = (),
+                 extra_loss=None, preserve=None) -> None:
         super().__init__()
         self.model = model
         self.cfg = train
         self.seed = seed
-        self.simulate = CLICK_SIMULATORS.get(train.click_simulator)
+        self.recipe = RECIPES.get(core_spec(model).contract.training)
+        self.step_context = StepContext(train, modality, list(class_names))
         self.extra_loss = extra_loss  # e.g. the context head: callable(module, batch) -> (loss, logs)
         self.preserve = preserve  # CT preservation (train/preserve.py): callable(module) -> (loss, logs)
         self.strict_loading = False
@@ -35,23 +35,9 @@ class AdaptModule(L.LightningModule):
         if train.grad_checkpointing and hasattr(model.core, "image_encoder"):
             model.core.image_encoder.grad_checkpointing = True
 
-    def click_rounds(self, emb: torch.Tensor, target: torch.Tensor, known: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Mean loss over ``click_rounds`` rounds of simulated clicks on a batch of crops (clicks are
-        simulated on the batch's device where the simulator allows: no host round trip per round)."""
-        b, size = target.shape[0], target.shape[-1]
-        visible = known[:, 0] > 0.5
-        clicks = TrainingClicks(self.cfg.click_simulator, (target[:, 0] > 0.5) & visible, visible, rng)
-        low = self.model.low_res_size
-        logits = torch.zeros(b, 1, low, low, low, device=emb.device, dtype=emb.dtype)
-        pred = None
-        total = 0.0
-        for _ in range(self.cfg.click_rounds):
-            pts, labels = clicks.step(pred)
-            logits, _ = self.model.decode(emb, pts, labels, mask_logits=logits.detach())
-            full = F.interpolate(logits.float(), size=(size,) * 3, mode="trilinear", align_corners=False)
-            total = total + dice_ce_loss(full, target, known)
-            pred = full.detach()[:, 0] > 0
-        return total / self.cfg.click_rounds
+    def segmentation_loss(self, emb: torch.Tensor, batch: dict, rng: np.random.Generator) -> torch.Tensor:
+        """The recipe's mean loss over its rounds on encoded crops (``batch``: label, known, class_index)."""
+        return self.recipe.step(self.model, emb, batch, rng, self.step_context)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         torch.manual_seed(self.seed * 1_000_003 + self.global_step)  # dropout: same per step, resumed or not
@@ -60,7 +46,7 @@ class AdaptModule(L.LightningModule):
         logs = {}
         if self.seg_enabled:
             emb = self.model.encode(batch["image"])
-            loss = self.click_rounds(emb, batch["label"], batch["known"], rng)
+            loss = self.segmentation_loss(emb, batch, rng)
             logs["train/seg_loss"] = loss.detach()
         if self.extra_loss is not None:
             extra, extra_logs = self.extra_loss(self, batch)

@@ -9,7 +9,8 @@ import lightning as L
 import torch
 
 from adapt3d.data.items import Item
-from adapt3d.evaluate.nclick import Protocol, evaluate_items
+from adapt3d.evaluate.evaluators import evaluate_model
+from adapt3d.evaluate.nclick import Protocol
 from adapt3d.train.config import RetentionSection
 
 
@@ -53,11 +54,11 @@ class RetentionMonitor(L.Callback):
     def _measure(self, model) -> tuple[float, float]:
         retention = float("nan")
         if self.reference and self.frozen:
-            ref = evaluate_items(model, self.reference, self.reference_modality, self.ret_protocol, desc="retention")
+            ref = evaluate_model(model, self.reference, self.reference_modality, self.ret_protocol, desc="retention")
             retention = mean_dice(ref, self.section.clicks) / self.frozen
         val = float("nan")
         if self.target_val:
-            rec = evaluate_items(model, self.target_val, self.target_modality, self.val_protocol, desc="validation")
+            rec = evaluate_model(model, self.target_val, self.target_modality, self.val_protocol, desc="validation")
             val = mean_dice(rec, max(self.val_protocol.clicks))
         return retention, val
 

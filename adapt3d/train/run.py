@@ -20,9 +20,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from adapt3d.cores import load_core
+from adapt3d.config import build_dataclass
+from adapt3d.cores import core_spec, load_core
 from adapt3d.errors import ConfigError, RunInterrupted
-from adapt3d.evaluate.nclick import Protocol, evaluate_items
+from adapt3d.evaluate.evaluators import EVALUATORS, evaluate_model
+from adapt3d.evaluate.nclick import Protocol
 from adapt3d.runs import RunFinished, caveats, claim_run_dir, env_record, finish_run_dir, now, partial_dir, write_json
 from adapt3d.train.checkpoint_io import SafeCheckpointIO
 from adapt3d.train.checks import check_experiment
@@ -34,6 +36,7 @@ from adapt3d.train.merged import merged_retention
 from adapt3d.train.module import AdaptModule
 from adapt3d.train.preserve import Preservation, preservation_source
 from adapt3d.train.progress import TrainingProgress
+from adapt3d.train.recipes import RECIPES, crops_for
 from adapt3d.train.record import card_metrics, guard_message, metrics_record, retention_record, write_config, write_retention_csv
 from adapt3d.train.retention import RetentionMonitor, mean_dice
 from adapt3d.tuners import AdaptedModel, format_report, save_adapter
@@ -52,22 +55,25 @@ def _quiet_libraries() -> Iterator[None]:
 
 
 def protocol_of(cfg: ExperimentConfig, core) -> Protocol:
-    """The evaluation protocol: the experiment's clicks at the core's preprocessing (unless overridden)."""
+    """The core's N-click protocol (its contract's evaluator, with ``eval.options``): the
+    experiment's clicks at the core's preprocessing (unless overridden)."""
     prep = core.preprocessing
     spacing = cfg.data.target_spacing or prep.spacing
-    return Protocol(
-        clicks=tuple(sorted(set(cfg.eval.clicks) | {cfg.retention.clicks})),
-        simulator=cfg.eval.simulator,
-        nsd_tolerance_mm=cfg.eval.nsd_tolerance_mm,
-        seed=cfg.seed,
-        target_spacing=tuple(spacing) if spacing else None,
-        normalization=cfg.data.normalization or prep.normalization,
-    )
+    evaluator = EVALUATORS.get(core_spec(core).contract.evaluation)
+    return build_dataclass(evaluator.protocol, {
+        **cfg.eval.options,
+        "clicks": tuple(sorted(set(cfg.eval.clicks) | {cfg.retention.clicks})),
+        "simulator": cfg.eval.simulator,
+        "nsd_tolerance_mm": cfg.eval.nsd_tolerance_mm,
+        "seed": cfg.seed,
+        "target_spacing": tuple(spacing) if spacing else None,
+        "normalization": cfg.data.normalization or prep.normalization,
+    }, "eval.options")
 
 
 def _evaluate(model, domain: Domain, protocol: Protocol, run_dir: Path, stage: str, save: bool) -> dict:
     out = run_dir / "predictions" / domain.name / stage if save else None
-    return evaluate_items(
+    return evaluate_model(
         model, domain.split.test, domain.modality, protocol, predictions_dir=out, run_dir=run_dir, desc=f"{stage}: {domain.name}"
     )
 
@@ -159,15 +165,14 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
     report = model.trainable_report()
     if is_zero:
         print(format_report(report, adapter_cfg))
-    dataset = CropDataset(
-        train_items, target.modality, size=core.image_size, target_spacing=protocol.target_spacing,
-        normalization=protocol.normalization, seed=cfg.seed, samples_per_item=cfg.train.samples_per_item,
-        jitter=cfg.train.jitter, augment=cfg.train.augment,
-    )
+    recipe = RECIPES.get(core_spec(core).contract.training)
+    dataset = crops_for(recipe, train_items, target.modality, size=core.image_size, spacing=protocol.target_spacing,
+                        normalization=protocol.normalization, seed=cfg.seed, train=cfg.train)
     extra_loss, context = (None, None) if pool is None else context_loss_for(model, cfg, pool, protocol)
     preserve = Preservation(model, source, cfg.retention, normalization=protocol.normalization, spacing=protocol.target_spacing,
                             simulator=cfg.eval.simulator, seed=cfg.seed) if source else None  # before any training step
-    module = AdaptModule(model, cfg.train, cfg.seed, extra_loss=extra_loss, preserve=preserve)
+    module = AdaptModule(model, cfg.train, cfg.seed, modality=target.modality, class_names=dataset.class_names,
+                         extra_loss=extra_loss, preserve=preserve)
     last = run_dir / "checkpoints" / "last.ckpt"
     resuming = resume and last.exists()
     if extra_loss is not None and cfg.context_head.pretrain_epochs > 0 and not resuming:

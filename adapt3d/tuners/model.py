@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from adapt3d.cores import core_fingerprint
+from adapt3d.cores import core_fingerprint, core_spec
 from adapt3d.cores.preprocessing import Preprocessing
 from adapt3d.cores.registry import core_preprocessing
 from adapt3d.errors import ConfigError
@@ -31,7 +31,7 @@ class AdaptedModel(nn.Module):
             raise ConfigError("add adapters to a plain core (adapt3d.load_core), not to an adapted model")
         core.requires_grad_(False)
         self.net = core
-        self.core_name: str = core.core_name
+        self.core_name: str = core_spec(core).name
         self.fingerprint = fingerprint or core_fingerprint(core)
         self.configs: dict[str, AdapterConfig] = {}
         self.modules_of: dict[str, list[str]] = {}

@@ -10,6 +10,7 @@ No single key tells a SAM checkpoint from a SAM-Med3D one (SAM's keys are SAM-Me
 other SAM is refused by the strict load or by its architecture, not by name.
 """
 
+from adapt3d.cores.contract import CoreContract
 from adapt3d.cores.preprocessing import Preprocessing
 from adapt3d.cores.registry import CoreSpec, register_core
 from adapt3d.cores.sam2d.model import (
@@ -33,7 +34,11 @@ SPEC = register_core(
         prefixes=("module.", "model."),
         infer_config=infer_config,
         to_official=lambda state, meta: dict(state),
-        preprocessing=Preprocessing(image_size=1024, spacing=None, normalization="sam2d"),  # slices at native spacing, SAM pixel mean/std
+        contract=CoreContract(
+            preprocessing=Preprocessing(image_size=1024, spacing=None, normalization="sam2d"),  # native slices, SAM pixel mean/std
+            prompts=frozenset({"points", "boxes", "mask"}),
+            evaluation="slicewise",  # the N-click protocol on the object's slices (a 2D baseline: not trained, no predict)
+        ),
     )
 )
 

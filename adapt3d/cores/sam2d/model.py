@@ -33,7 +33,6 @@ class Sam2DConfig(SamConfig):
 class Sam2D(SamCore):
     """Segment Anything with the official ``image_encoder`` / ``prompt_encoder`` / ``mask_decoder``."""
 
-    core_name = "sam2d"
     config_cls, spatial_dims = Sam2DConfig, 2
     image_encoder_cls, prompt_encoder_cls, mask_decoder_cls = ImageEncoderViT, PromptEncoder, MaskDecoder
 

@@ -1,5 +1,6 @@
 """SAM-Med3D core (official state-dict layout; the released "turbo" model is the default config)."""
 
+from adapt3d.cores.contract import CoreContract
 from adapt3d.cores.preprocessing import Preprocessing
 from adapt3d.cores.registry import CoreSpec, register_core
 from adapt3d.cores.sam_med3d.model import SamMed3D, SamMed3DConfig, infer_config
@@ -16,7 +17,13 @@ SPEC = register_core(
         prefixes=("module.", "model."),
         infer_config=infer_config,
         to_official=lambda state, meta: {"model_state_dict": state, "adapt3d": meta},
-        preprocessing=Preprocessing(image_size=128, spacing=(1.5, 1.5, 1.5), normalization="sam-med3d"),
+        contract=CoreContract(
+            preprocessing=Preprocessing(image_size=128, spacing=(1.5, 1.5, 1.5), normalization="sam-med3d"),
+            prompts=frozenset({"points", "mask"}),
+            inference="windows",  # crops grown from the clicks, with propagation (adapt3d.infer.whole_volume)
+            evaluation="crop",  # one crop centred on the first click, mask feedback (adapt3d.evaluate.nclick)
+            training="click-rounds",  # SAM-Med3D's iterative click rounds with mask feedback
+        ),
     )
 )
 

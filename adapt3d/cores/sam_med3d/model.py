@@ -28,7 +28,6 @@ class SamMed3DConfig(SamConfig):
 class SamMed3D(SamCore):
     """SAM-Med3D with the official sub-modules ``image_encoder``, ``prompt_encoder``, ``mask_decoder``."""
 
-    core_name = "sam-med3d"
     config_cls, spatial_dims = SamMed3DConfig, 3
     image_encoder_cls, prompt_encoder_cls, mask_decoder_cls = ImageEncoderViT3D, PromptEncoder3D, MaskDecoder3D
 

@@ -4,6 +4,7 @@ Release layout: a plain state dict whose keys carry ``model.`` (the HF ``SegVolM
 training checkpoints hold ``{'model': {'module.' + key: ...}, 'optimizer': ..., 'epoch': ...}``.
 """
 
+from adapt3d.cores.contract import CoreContract
 from adapt3d.cores.preprocessing import Preprocessing
 from adapt3d.cores.registry import CoreSpec, register_core
 from adapt3d.cores.segvol.model import SegVol, SegVolConfig, infer_config
@@ -21,7 +22,13 @@ SPEC = register_core(
         prefixes=("module.", "model."),
         infer_config=infer_config,
         to_official=lambda state, meta: {"model." + k: v for k, v in state.items()},
-        preprocessing=Preprocessing(image_size=(32, 256, 256), spacing=None, normalization="segvol"),  # zoom-out-zoom-in at native spacing
+        contract=CoreContract(
+            preprocessing=Preprocessing(image_size=(32, 256, 256), spacing=None, normalization="segvol"),  # native spacing
+            prompts=frozenset({"points", "boxes", "text"}),  # the released mask-prompt layers were never trained
+            inference="zoom",  # zoom-out-zoom-in (adapt3d.cores.segvol.zoom)
+            evaluation="zoom",  # a fresh zoom-out-zoom-in per click count; 0 clicks = the class name alone
+            training="prompt-rounds",  # class-name text with points and/or a box, no mask feedback
+        ),
     )
 )
 

@@ -67,8 +67,6 @@ class SegVol(nn.Module):
     """SegVol with the release's sub-modules ``image_encoder``, ``mask_decoder``, ``prompt_encoder``,
     ``text_encoder`` (state-dict keys of the release, without its ``model.`` prefix)."""
 
-    core_name = "segvol"
-    supports_mask_prompt = False
 
     def __init__(self, config: SegVolConfig | None = None) -> None:
         super().__init__()
@@ -131,7 +129,7 @@ class SegVol(nn.Module):
         ``mask_logits`` must be None: SegVol has no mask prompt.
         """
         if mask_logits is not None:
-            raise ValueError("SegVol has no mask prompt: pass mask_logits=None (see supports_mask_prompt)")
+            raise ValueError("SegVol has no mask prompt: pass mask_logits=None (its contract has no mask prompt)")
         text_embedding = self.encode_text(text, modality)
         if boxes is not None and boxes.dim() == 2:
             boxes = boxes[:, None, :]

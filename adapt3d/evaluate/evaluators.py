@@ -1,0 +1,56 @@
+"""The N-click evaluators, by the name a core's contract gives (``contract.evaluation``).
+
+``crop``: SAM-Med3D's protocol (one crop centred on the first click, mask feedback);
+``zoom``: SegVol's (a fresh zoom-out-zoom-in per click count; with ``text`` also 0 clicks = the
+class name alone); ``slicewise``: 2D SAM on every slice of the object. A new core names one of
+these in its contract or registers its own here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from adapt3d.cores import CORES, core_spec
+from adapt3d.data.items import Item
+from adapt3d.evaluate.nclick import Protocol, evaluate_items
+from adapt3d.evaluate.segvol_protocol import SegVolProtocol, evaluate_items_segvol
+from adapt3d.evaluate.slicewise import SlicewiseProtocol, evaluate_slicewise
+from adapt3d.registry import Registry
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """A protocol's settings class and the function returning its EVAL record."""
+
+    protocol: type[Protocol]
+    evaluate: Callable[..., dict]
+
+
+EVALUATORS: Registry[Evaluator] = Registry("evaluator")
+EVALUATORS.register("crop", Evaluator(Protocol, evaluate_items))
+EVALUATORS.register("zoom", Evaluator(SegVolProtocol, evaluate_items_segvol))
+EVALUATORS.register("slicewise", Evaluator(SlicewiseProtocol, evaluate_slicewise))
+
+
+def core_evaluator(core_type: str) -> Evaluator:
+    """The N-click evaluator of core ``core_type`` (from its contract)."""
+    return EVALUATORS.get(CORES.get(core_type).contract.evaluation)
+
+
+def evaluate_model(
+    model: nn.Module,
+    items: Sequence[Item],
+    modality: str,
+    protocol: Protocol,
+    *,
+    predictions_dir: Path | None = None,
+    run_dir: Path | None = None,
+    desc: str | None = None,
+) -> dict:
+    """The EVAL record of ``items`` by the N-click evaluator of ``model``'s contract."""
+    evaluate = EVALUATORS.get(core_spec(model).contract.evaluation).evaluate
+    return evaluate(model, items, modality, protocol, predictions_dir=predictions_dir, run_dir=run_dir, desc=desc)
