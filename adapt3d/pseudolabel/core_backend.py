@@ -31,8 +31,8 @@ from adapt3d.errors import ConfigError
 from adapt3d.infer.predictor import CropPredictor
 from adapt3d.infer.session import guess_modality
 from adapt3d.prompts.clicks import first_click
-from adapt3d.train.pseudolabel.backends import PSEUDOLABEL_BACKENDS, Backend, Probabilities, Resources
-from adapt3d.train.pseudolabel.keyframes import SparseLabel, slab
+from adapt3d.pseudolabel.backends import PSEUDOLABEL_BACKENDS, Backend, Probabilities, Resources
+from adapt3d.pseudolabel.keyframes import SparseLabel, slab
 
 Point = tuple[float, float, float]
 Clicks = list[tuple[Point, int]]  # (input voxel i,j,k, SAM label 1/0); positive first
