@@ -17,14 +17,14 @@ from typing import Any
 from adapt3d.config import build_dataclass
 from adapt3d.cores import load_core
 from adapt3d.cores.preprocessing import Preprocessing
+from adapt3d.data.domain_config import DomainSection
+from adapt3d.data.domains import load_domain
 from adapt3d.evaluate.cvpr25_run import Cvpr25Protocol, evaluate_items_cvpr25
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
 from adapt3d.evaluate.segvol_protocol import SegVolProtocol, evaluate_items_segvol
 from adapt3d.evaluate.slicewise import SlicewiseProtocol, evaluate_slicewise
 from adapt3d.registry import Registry
 from adapt3d.runs import SCHEMA, caveats, env_record, now, one_shot_run_dir, write_json
-from adapt3d.train.config import DomainSection
-from adapt3d.train.domains import load_domain
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from adapt3d.cores import CORES
+from adapt3d.data.domains import Domain
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
-from adapt3d.train.domains import Domain
 from adapt3d.train.retention import mean_dice
 from adapt3d.tuners import AdaptedModel, merged_state
 
