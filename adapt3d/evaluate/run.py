@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from adapt3d.config import build_dataclass
-from adapt3d.cores import load_core
 from adapt3d.cores.preprocessing import Preprocessing
 from adapt3d.data.domain_config import DomainSection
 from adapt3d.data.domains import load_domain
@@ -23,6 +22,7 @@ from adapt3d.evaluate.cvpr25_run import Cvpr25Protocol, evaluate_items_cvpr25
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
 from adapt3d.evaluate.segvol_protocol import SegVolProtocol, evaluate_items_segvol
 from adapt3d.evaluate.slicewise import SlicewiseProtocol, evaluate_slicewise
+from adapt3d.infer.session import load_model
 from adapt3d.registry import Registry
 from adapt3d.runs import SCHEMA, caveats, env_record, now, one_shot_run_dir, write_json
 
@@ -96,16 +96,11 @@ def run_evaluation(
     evaluate_fn = evaluator_for(core_type, protocol).evaluate
     seed = make_protocol(core_type, protocol, **options).seed  # bad options fail before any data or model is read
     dom = load_domain(domain, "target", seed=seed, all_test=True)
-    model = load_core(core_type, core).to(device)
+    model = load_model(core, core_type=core_type, adapter=adapter, device=device)
     name, protocol = protocol, core_protocol(core_type, model.preprocessing, options, protocol)
     used = dataclasses.replace(model.preprocessing, normalization=protocol.normalization, spacing=(
         tuple(protocol.target_spacing) if model.preprocessing.spacing is not None or "target_spacing" in options else None))
-    fingerprint = None
-    if adapter is not None:
-        from adapt3d.tuners import load_adapter
-
-        model = load_adapter(model, adapter)
-        fingerprint = model.fingerprint
+    fingerprint = model.fingerprint if adapter is not None else None
     with one_shot_run_dir(out, overwrite=overwrite) as work:  # <out>.partial until finished
         def evaluate(m, stage: str) -> dict:
             pred_dir = work / "predictions" / dom.name / stage if save_predictions else None
