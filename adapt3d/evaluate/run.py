@@ -24,7 +24,8 @@ from adapt3d.evaluate.segvol_protocol import SegVolProtocol, evaluate_items_segv
 from adapt3d.evaluate.slicewise import SlicewiseProtocol, evaluate_slicewise
 from adapt3d.infer.session import load_model
 from adapt3d.registry import Registry
-from adapt3d.runs import SCHEMA, caveats, env_record, now, one_shot_run_dir, write_json
+from adapt3d.run_record import run_record
+from adapt3d.runs import caveats, env_record, now, one_shot_run_dir, write_json
 
 
 @dataclass(frozen=True)
@@ -128,11 +129,11 @@ def run_evaluation(
             seed=protocol.seed, data_hashes={dom.dataset.name: domains[dom.name]["data_hash"]}, core_fingerprint=fingerprint,
             device=device, started=started, finished=now(), wall_seconds=round(time.time() - t0, 1),
         ))
-        write_json(work / "metrics.json", {
-            "schema": SCHEMA, "kind": "evaluate", "name": out.name,
-            "core": {"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description,
-                     "preprocessing": used.to_dict()},
-            "adapter": adapter_record, "protocol": name, "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
-            "domains": domains, "retention": None, "training": None, "caveats": caveats(core_description, domains),
-        })
+        write_json(work / "metrics.json", run_record(
+            "evaluate", name=out.name,
+            core={"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description,
+                  "preprocessing": used.to_dict()},
+            adapter=adapter_record, protocol=name, clicks=list(protocol.clicks), nsd_tolerance_mm=protocol.nsd_tolerance_mm,
+            domains=domains, retention=None, training=None, caveats=caveats(core_description, domains),
+        ))
     return out
