@@ -1,4 +1,4 @@
-"""Run directories: provenance (env.json), metrics.json, and the caveats every report states."""
+"""Run directories: provenance (env.json), writing metrics.json (its schema: adapt3d.run_record), the caveats every report states."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from adapt3d import __version__
 from adapt3d.atomic import atomic_file, writable_dir
 from adapt3d.errors import ConfigError
 
-SCHEMA = 1
 PACKAGES = ("torch", "peft", "lightning", "monai", "numpy", "nibabel", "SimpleITK", "omegaconf", "transformers")
 
 

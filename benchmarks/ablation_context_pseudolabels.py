@@ -30,9 +30,9 @@ CORE = REPO / "datasets" / "sample" / "demo_core" / "demo_core.safetensors"
 def keyframes_only(out: Path, every: int) -> Path:
     """The MRI with only every ``every``-th slice annotated (the rest = ignore)."""
     from adapt3d.data.nnunet import load_case, read_dataset
-    from adapt3d.train.pseudolabel import auto_axis, sparsify
-    from adapt3d.train.pseudolabel.dataset import source_labels
-    from adapt3d.train.pseudolabel.writer import PseudolabelWriter
+    from adapt3d.pseudolabel import auto_axis, sparsify
+    from adapt3d.pseudolabel.dataset import source_labels
+    from adapt3d.pseudolabel.writer import PseudolabelWriter
 
     ds = read_dataset(MR)
     labels, _ = source_labels(ds)

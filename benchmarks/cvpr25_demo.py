@@ -16,11 +16,11 @@ import json
 import time
 from pathlib import Path
 
+from adapt3d.data.domain_config import DomainSection
+from adapt3d.data.domains import load_domain
 from adapt3d.evaluate.cvpr25_run import Cvpr25Protocol, evaluate_items_cvpr25
 from adapt3d.evaluate.run import run_evaluation
 from adapt3d.runs import write_json
-from adapt3d.train.config import DomainSection
-from adapt3d.train.domains import load_domain
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "datasets/sample/demo_core/demo_core.safetensors"

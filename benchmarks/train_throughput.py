@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     from adapt3d import load_core
+    from adapt3d.data.domains import load_domain
     from adapt3d.train.config import TrainSection, load_experiment
     from adapt3d.train.data import CropDataset
-    from adapt3d.train.domains import load_domain
     from adapt3d.train.module import AdaptModule
     from adapt3d.tuners import AdaptedModel, AdapterConfig
 

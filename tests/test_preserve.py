@@ -16,10 +16,11 @@ from torch.utils.data import DataLoader
 
 from adapt3d import load_core
 from adapt3d.cores import save_core
+from adapt3d.data.domain_config import DomainSection
+from adapt3d.data.domains import load_domain
 from adapt3d.errors import ConfigError
-from adapt3d.train.config import DomainSection, RetentionSection, TrainSection, load_experiment
+from adapt3d.train.config import RetentionSection, TrainSection, load_experiment
 from adapt3d.train.data import CropDataset
-from adapt3d.train.domains import load_domain
 from adapt3d.train.module import AdaptModule
 from adapt3d.train.preserve import Preservation, preservation_source
 from adapt3d.train.run import run_adaptation
@@ -114,7 +115,7 @@ def train(weight: float) -> tuple:
 
 
 def dict_split():
-    from adapt3d.train.config import SplitSection
+    from adapt3d.data.domain_config import SplitSection
 
     return SplitSection(classes=("spleen",))
 

@@ -17,7 +17,7 @@ from adapt3d.cores import save_core
 from adapt3d.data.imageio import Volume, load_volume
 from adapt3d.data.nnunet import read_dataset
 from adapt3d.errors import ConfigError, InputError
-from adapt3d.train.pseudolabel import (
+from adapt3d.pseudolabel import (
     IGNORE,
     PSEUDOLABEL_BACKENDS,
     Backend,
@@ -32,7 +32,7 @@ from adapt3d.train.pseudolabel import (
     sparse_from_ignore,
     sparsify,
 )
-from adapt3d.train.pseudolabel.seggpt import foreground_score
+from adapt3d.pseudolabel.seggpt import foreground_score
 from adapt3d.tuners import AdapterConfig, add_adapters, save_adapter
 
 CORD = SAMPLE_DATA / "Dataset003_SpinalCordMR"

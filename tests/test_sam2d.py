@@ -23,6 +23,8 @@ from adapt3d.cli import main
 from adapt3d.cores import save_core
 from adapt3d.cores.sam2d import Sam2D, infer_config
 from adapt3d.cores.sam2d.image_encoder import ImageEncoderViT
+from adapt3d.data.domain_config import DomainSection
+from adapt3d.data.domains import load_domain
 from adapt3d.data.items import prepare_case
 from adapt3d.errors import Adapt3dError, CheckpointError
 from adapt3d.evaluate.slicewise import (
@@ -31,8 +33,6 @@ from adapt3d.evaluate.slicewise import (
     segment_item_slicewise,
 )
 from adapt3d.report.runs import load_run
-from adapt3d.train.config import DomainSection
-from adapt3d.train.domains import load_domain
 from adapt3d.tuners import AdapterConfig, add_adapters, export_merged
 
 #: A SAM-architecture core for tests: 64² input, 8×8 token grid, windows of 3 (one padded per

@@ -19,11 +19,11 @@ from tiny import SAMPLE_DATA, TINY_SAM, randomise
 from adapt3d import load_core
 from adapt3d.cli import main
 from adapt3d.cores import save_core
+from adapt3d.data.domains import load_domain
 from adapt3d.evaluate.nclick import Protocol, evaluate_items
 from adapt3d.errors import ConfigError
 from adapt3d.train.checkpoint_io import SafeCheckpointIO
 from adapt3d.train.config import load_experiment
-from adapt3d.train.domains import load_domain
 from adapt3d.train.run import run_adaptation
 from adapt3d.tuners import AdapterConfig, ModalityRouter, add_adapters, load_adapter, save_adapter
 
@@ -246,7 +246,7 @@ def test_routed_model_keeps_ct_retention_exactly_one(tmp_path, core_path):
 
 
 def experiment_section(path, classes):
-    from adapt3d.train.config import DomainSection
+    from adapt3d.data.domain_config import DomainSection
 
     return DomainSection(path=str(path), classes=tuple(classes))
 

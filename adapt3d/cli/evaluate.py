@@ -103,8 +103,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from adapt3d.data.domain_config import DomainSection
     from adapt3d.evaluate.run import run_evaluation
-    from adapt3d.train.config import DomainSection
 
     domain = DomainSection(
         path=args.data, classes=tuple(c for c in args.classes.split(",") if c), modality=args.modality,

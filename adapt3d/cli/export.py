@@ -40,17 +40,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adapt3d import load_core
     from adapt3d.atomic import refuse_existing
     from adapt3d.errors import ConfigError
-    from adapt3d.tuners import export_merged, load_adapter
+    from adapt3d.infer.session import load_model
+    from adapt3d.tuners import export_merged
     from adapt3d.tuners.export import export_path, format_for
 
     if args.format is not None and args.format not in FORMATS:
         raise ConfigError(f"unknown --format {args.format!r}; valid: {', '.join(FORMATS)} (or leave it to the ending of --out)")
     fmt = format_for(args.out, FORMATS.get(args.format))
-    core = load_core(args.core_type, args.core)
-    model = load_adapter(core, args.adapter, allow_other_core=args.allow_other_core)
+    model = load_model(args.core, core_type=args.core_type, adapter=args.adapter, allow_other_core=args.allow_other_core)
     refuse_existing(export_path(model, args.out), overwrite=args.overwrite)
     result = export_merged(model, args.out, fmt=fmt)
     if result.merged:

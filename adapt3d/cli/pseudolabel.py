@@ -78,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from adapt3d.atomic import refuse_existing
-    from adapt3d.train.pseudolabel import Resources, backend_options, pseudolabel_dataset
+    from adapt3d.pseudolabel import Resources, backend_options, pseudolabel_dataset
 
     refuse_existing(args.out, overwrite=args.overwrite)  # before any model is loaded
     resources = Resources(core=args.core, core_type=args.core_type, adapter=args.adapter, seggpt=args.seggpt, device=args.device)

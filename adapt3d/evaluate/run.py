@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from adapt3d.config import build_dataclass
-from adapt3d.cores import load_core
 from adapt3d.cores.preprocessing import Preprocessing
+from adapt3d.data.domain_config import DomainSection
+from adapt3d.data.domains import load_domain
 from adapt3d.evaluate.cvpr25_run import Cvpr25Protocol, evaluate_items_cvpr25
 from adapt3d.evaluate.evaluators import Evaluator, core_evaluator
 from adapt3d.evaluate.nclick import Protocol
+from adapt3d.infer.session import load_model
 from adapt3d.registry import Registry
-from adapt3d.runs import SCHEMA, caveats, env_record, now, one_shot_run_dir, write_json
-from adapt3d.train.config import DomainSection
-from adapt3d.train.domains import load_domain
+from adapt3d.run_record import run_record
+from adapt3d.runs import caveats, env_record, now, one_shot_run_dir, write_json
 
 
 #: The default protocol's name: the N-click evaluator of the core's contract.
@@ -81,16 +82,11 @@ def run_evaluation(
     evaluate_fn = evaluator_for(core_type, protocol).evaluate
     seed = make_protocol(core_type, protocol, **options).seed  # bad options fail before any data or model is read
     dom = load_domain(domain, "target", seed=seed, all_test=True)
-    model = load_core(core_type, core).to(device)
+    model = load_model(core, core_type=core_type, adapter=adapter, device=device)
     name, protocol = protocol, core_protocol(core_type, model.preprocessing, options, protocol)
     used = dataclasses.replace(model.preprocessing, normalization=protocol.normalization, spacing=(
         tuple(protocol.target_spacing) if model.preprocessing.spacing is not None or "target_spacing" in options else None))
-    fingerprint = None
-    if adapter is not None:
-        from adapt3d.tuners import load_adapter
-
-        model = load_adapter(model, adapter)
-        fingerprint = model.fingerprint
+    fingerprint = model.fingerprint if adapter is not None else None
     with one_shot_run_dir(out, overwrite=overwrite) as work:  # <out>.partial until finished
         def evaluate(m, stage: str) -> dict:
             pred_dir = work / "predictions" / dom.name / stage if save_predictions else None
@@ -118,11 +114,11 @@ def run_evaluation(
             seed=protocol.seed, data_hashes={dom.dataset.name: domains[dom.name]["data_hash"]}, core_fingerprint=fingerprint,
             device=device, started=started, finished=now(), wall_seconds=round(time.time() - t0, 1),
         ))
-        write_json(work / "metrics.json", {
-            "schema": SCHEMA, "kind": "evaluate", "name": out.name,
-            "core": {"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description,
-                     "preprocessing": used.to_dict()},
-            "adapter": adapter_record, "protocol": name, "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
-            "domains": domains, "retention": None, "training": None, "caveats": caveats(core_description, domains),
-        })
+        write_json(work / "metrics.json", run_record(
+            "evaluate", name=out.name,
+            core={"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description,
+                  "preprocessing": used.to_dict()},
+            adapter=adapter_record, protocol=name, clicks=list(protocol.clicks), nsd_tolerance_mm=protocol.nsd_tolerance_mm,
+            domains=domains, retention=None, training=None, caveats=caveats(core_description, domains),
+        ))
     return out

@@ -13,15 +13,21 @@ from adapt3d.data.imageio import Volume
 
 
 def load_model(
-    core: str | os.PathLike, *, core_type: str = "sam-med3d", adapter: str | os.PathLike | None = None, device: str = "cpu"
+    core: str | os.PathLike | None,
+    *,
+    core_type: str = "sam-med3d",
+    adapter: str | os.PathLike | None = None,
+    device: str = "cpu",
+    allow_other_core: bool = False,
 ) -> nn.Module:
-    """A frozen core from a checkpoint (with ``adapter`` applied when given), in eval mode on ``device``."""
+    """A frozen core of any registered type from a checkpoint (with ``adapter`` applied when given),
+    in eval mode on ``device``; ``allow_other_core`` as in :func:`adapt3d.tuners.load_adapter`."""
     model = load_core(core_type, core)
     if adapter is not None:
         from adapt3d.tuners import load_adapter
 
-        model = load_adapter(model, adapter)
-    return model.to(torch.device(device))
+        model = load_adapter(model, adapter, allow_other_core=allow_other_core)
+    return model.to(torch.device(device)).eval()
 
 
 def guess_modality(image: Volume) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from adapt3d.report.document import Note, Table
 from adapt3d.report.runs import STAGES, Run, best_retention, class_stat, domain_label, stat
+from adapt3d.run_record import history_ct_dice
 
 DASH = "—"
 
@@ -139,7 +140,8 @@ def retention_table(runs: list[Run]) -> Table:
             run.label,
             f"{ret.get('reference_domain', '?')} (reference), {ret.get('clicks', '?')} click(s)",
             DASH if ret.get("frozen") is None else f"{100 * ret['frozen']:.1f}",
-            DASH if not history or history[-1].get("dice") is None else f"{100 * history[-1]['dice']:.1f}",
+            DASH if not history or history_ct_dice(history[-1], ret.get("frozen")) is None
+            else f"{100 * history_ct_dice(history[-1], ret.get('frozen')):.1f}",
             fmt_pct(ret.get("final")),
             DASH if best is None else f"{fmt_pct(best['retention'])} (step {best['step']})",
             DASH if kept_step is None else f"step {kept_step}" + ("" if kept is None else f": {fmt_pct(kept['retention'])}"),

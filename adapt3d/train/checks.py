@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from adapt3d.data.domain_config import DomainSection
 from adapt3d.errors import Adapt3dError
-from adapt3d.train.config import DomainSection, ExperimentConfig
+from adapt3d.train.config import ExperimentConfig
 
 
 def _names(problems: list[str], key: str, given: tuple[str, ...], valid: list[str], what: str, where: Path) -> None:

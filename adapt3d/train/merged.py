@@ -5,9 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from adapt3d.cores import CORES
+from adapt3d.data.domains import Domain
 from adapt3d.evaluate.evaluators import evaluate_model
 from adapt3d.evaluate.nclick import Protocol
-from adapt3d.train.domains import Domain
 from adapt3d.train.retention import mean_dice
 from adapt3d.tuners import AdaptedModel, merged_state
 

@@ -27,13 +27,13 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
+from adapt3d.data.domains import Domain
 from adapt3d.data.items import prepare_image
 from adapt3d.data.nnunet import Case, read_dataset
 from adapt3d.data.preprocess import centred_window, normalise
 from adapt3d.errors import ConfigError
 from adapt3d.prompts.clicks import CLICK_SIMULATORS, Click
 from adapt3d.train.config import RetentionSection
-from adapt3d.train.domains import Domain
 from adapt3d.tuners.model import AdaptedModel
 
 #: pseudo-object: voxels within this many standard deviations (of the normalised crop) of the seed

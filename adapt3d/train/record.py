@@ -8,7 +8,7 @@ from pathlib import Path
 
 from adapt3d.atomic import atomic_file
 from adapt3d.evaluate.nclick import Protocol
-from adapt3d.runs import SCHEMA
+from adapt3d.run_record import history_entry, run_record
 from adapt3d.train.config import ExperimentConfig, config_yaml
 
 
@@ -17,7 +17,7 @@ def retention_record(cfg: ExperimentConfig, reference: str, frozen: float | None
     """The ``retention`` block of metrics.json (``merged``: the merged export's own CT retention)."""
     return {
         "reference_domain": reference, "metric": "dice", "clicks": cfg.retention.clicks, "frozen": frozen,
-        "history": monitor.history, "final": final, "best_checkpoint_step": best_step,
+        "history": [history_entry(h, frozen) for h in monitor.history], "final": final, "best_checkpoint_step": best_step,
         "guard": {**dataclasses.asdict(cfg.retention), "triggered": monitor.triggered}, "merged": merged,
     }
 
@@ -59,8 +59,8 @@ def write_retention_csv(path: Path, history: list[dict], frozen: float | None) -
         writer = csv.writer(f)
         writer.writerow(["step", "epoch", "ct_dice", "retention", "target_val_dice"])
         for h in history:
-            ct = h["retention"] * frozen if frozen and h["retention"] == h["retention"] else ""
-            writer.writerow([h["step"], h["epoch"], ct, h["retention"], h["target_dice"]])
+            ct = history_entry(h, frozen)["ct_dice"]
+            writer.writerow([h["step"], h["epoch"], ct if ct == ct else "", h["retention"], h["target_dice"]])
 
 
 def write_config(path: Path, cfg: ExperimentConfig) -> None:
@@ -73,18 +73,18 @@ def metrics_record(cfg: ExperimentConfig, *, model, adapter_report: dict, size: 
                    domains: dict, retention: dict | None, trainer, module, wall: float, caveat_lines: list[str], context: dict | None,
                    preserve: dict | None) -> dict:
     """metrics.json of an adaptation run."""
-    return {
-        "schema": SCHEMA, "kind": "adapt", "name": cfg.name,
-        "core": {"name": cfg.core.name, "checkpoint": cfg.core.checkpoint, "fingerprint": model.fingerprint,
+    return run_record(
+        "adapt", name=cfg.name,
+        core={"name": cfg.core.name, "checkpoint": cfg.core.checkpoint, "fingerprint": model.fingerprint,
                  "description": cfg.core.description},
-        "adapter": {**cfg.adapter.to_dict(), "trainable_parameters": adapter_report["trainable_parameters"],
+        adapter={**cfg.adapter.to_dict(), "trainable_parameters": adapter_report["trainable_parameters"],
                     "trainable_percent": adapter_report["trainable_percent"], "size_bytes": size, "dir": "adapter"},
-        "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
-        "preprocessing": {"spacing": list(protocol.target_spacing), "normalization": protocol.normalization},
-        "domains": domains, "retention": retention,
-        "training": {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
+        clicks=list(protocol.clicks), nsd_tolerance_mm=protocol.nsd_tolerance_mm,
+        preprocessing={"spacing": list(protocol.target_spacing), "normalization": protocol.normalization},
+        domains=domains, retention=retention,
+        training={"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
                      "wall_seconds": round(wall, 1), "loss_history": module.loss_history,
                      "context_head": cfg.context_head.enabled, "context": context, "pseudolabels": cfg.pseudolabel.enabled,
                      "preserve": preserve},
-        "caveats": caveat_lines,
-    }
+        caveats=caveat_lines,
+    )

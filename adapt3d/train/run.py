@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from adapt3d.config import build_dataclass
 from adapt3d.cores import core_spec, load_core
+from adapt3d.data.domains import Domain, extra_items, load_domain
 from adapt3d.errors import ConfigError, RunInterrupted
 from adapt3d.evaluate.evaluators import EVALUATORS, evaluate_model
 from adapt3d.evaluate.nclick import Protocol
@@ -31,7 +32,6 @@ from adapt3d.train.checks import check_experiment
 from adapt3d.train.config import ExperimentConfig, config_hash, load_experiment, problem_summary
 from adapt3d.train.context import context_loss_for, context_pool
 from adapt3d.train.data import CropDataset, EpochSampler
-from adapt3d.train.domains import Domain, extra_items, load_domain
 from adapt3d.train.merged import merged_retention
 from adapt3d.train.module import AdaptModule
 from adapt3d.train.preserve import Preservation, preservation_source

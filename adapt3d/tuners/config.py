@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,18 +14,37 @@ from adapt3d.atomic import atomic_file
 from adapt3d.config import build_dataclass, setting
 from adapt3d.errors import ConfigError
 
-#: Adapter methods, in the order the docs list them.
-METHOD_NAMES = ("lora", "dora", "adapter", "adaptformer", "full", "none")
+
+class _MethodNames(Sequence[str]):
+    """The adapter methods of the ``TUNERS`` registry (adapt3d.tuners.methods), in registration
+    order; read when first asked, as that module imports this one."""
+
+    def _names(self) -> tuple[str, ...]:
+        from adapt3d.tuners.methods import TUNERS
+
+        return tuple(TUNERS.registered())
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+#: Adapter methods: the names registered in ``TUNERS``.
+METHOD_NAMES: Sequence[str] = _MethodNames()
 
 #: Targets used when a config names none: attention for LoRA/DoRA and sequential adapters
-#: (the published recipe adapts encoder qkv and decoder attention), MLPs for AdaptFormer.
+#: (the published recipe adapts encoder qkv and decoder attention), MLPs for AdaptFormer;
+#: a method not listed (full, none) has no targets.
 DEFAULT_TARGETS = {
     "lora": ("encoder.qkv", "decoder.attn"),
     "dora": ("encoder.qkv", "decoder.attn"),
     "adapter": ("encoder.attn", "decoder.attn"),
     "adaptformer": ("encoder.mlp", "decoder.mlp"),
-    "full": (),
-    "none": (),
 }
 
 
@@ -62,7 +82,7 @@ class AdapterConfig:
         if isinstance(self.targets, str):
             object.__setattr__(self, "targets", (self.targets,))
         if not self.targets:
-            object.__setattr__(self, "targets", DEFAULT_TARGETS[self.method])
+            object.__setattr__(self, "targets", DEFAULT_TARGETS.get(self.method, ()))
         object.__setattr__(self, "targets", tuple(self.targets))
         if self.method not in ("full", "none"):
             if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:

@@ -31,8 +31,8 @@ from torch.nn import functional as F
 
 from adapt3d.data.imageio import Volume
 from adapt3d.errors import CheckpointError, ConfigError
-from adapt3d.train.pseudolabel.backends import PSEUDOLABEL_BACKENDS, Backend, Probabilities, Resources, nearest_keyframes
-from adapt3d.train.pseudolabel.keyframes import SparseLabel, slab
+from adapt3d.pseudolabel.backends import PSEUDOLABEL_BACKENDS, Backend, Probabilities, Resources, nearest_keyframes
+from adapt3d.pseudolabel.keyframes import SparseLabel, slab
 
 PERCENTILES = (0.5, 99.5)
 

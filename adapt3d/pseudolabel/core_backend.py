@@ -31,8 +31,8 @@ from adapt3d.errors import ConfigError
 from adapt3d.infer.predictor import CropPredictor
 from adapt3d.infer.session import guess_modality
 from adapt3d.prompts.clicks import first_click
-from adapt3d.train.pseudolabel.backends import PSEUDOLABEL_BACKENDS, Backend, Probabilities, Resources
-from adapt3d.train.pseudolabel.keyframes import SparseLabel, slab
+from adapt3d.pseudolabel.backends import PSEUDOLABEL_BACKENDS, Backend, Probabilities, Resources
+from adapt3d.pseudolabel.keyframes import SparseLabel, slab
 
 Point = tuple[float, float, float]
 Clicks = list[tuple[Point, int]]  # (input voxel i,j,k, SAM label 1/0); positive first
@@ -124,13 +124,10 @@ def propagate_core(
 
 def _load(resources: Resources) -> dict:
     from adapt3d.infer.session import load_model
-    from adapt3d.tuners import load_adapter
 
     if resources.core is None:
         raise ConfigError("the 'core' pseudo-label backend needs --core CKPT (a SAM-Med3D-format checkpoint)")
-    core = load_model(resources.core, core_type=resources.core_type, device=resources.device)
-    if resources.adapter is not None:
-        core = load_adapter(core, resources.adapter).to(resources.device).eval()
+    core = load_model(resources.core, core_type=resources.core_type, adapter=resources.adapter, device=resources.device)
     prep = core.preprocessing  # resample and normalise as the core's checkpoint says
     return {"core": core, "target_spacing": prep.spacing, "normalization": prep.normalization}
 

@@ -21,7 +21,7 @@ import numpy as np
 from adapt3d.data.imageio import Volume
 from adapt3d.errors import ConfigError
 from adapt3d.registry import Registry
-from adapt3d.train.pseudolabel.keyframes import SparseLabel, slab
+from adapt3d.pseudolabel.keyframes import SparseLabel, slab
 
 PATH_RESOURCES = ("core", "adapter", "seggpt")
 Probabilities = dict[str, np.ndarray]

@@ -19,7 +19,7 @@ import numpy as np
 from adapt3d.atomic import atomic_file
 from adapt3d.data.imageio import Volume, data_files, save_volume
 from adapt3d.data.nnunet import Case, Dataset
-from adapt3d.train.pseudolabel.keyframes import label_dtype
+from adapt3d.pseudolabel.keyframes import label_dtype
 
 
 def _clean(value):

@@ -3,7 +3,7 @@
 A case whose label holds the dataset's unlabelled value (``"ignore"`` of its ``dataset.json``,
 else 255) is a user's sparse annotation and is propagated as given. A fully labelled case is
 reduced to its keyframes first (simulated sparse annotation), propagated, and scored against
-the hidden slices (:mod:`~adapt3d.train.pseudolabel.qc`). Images without labels and test cases
+the hidden slices (:mod:`~adapt3d.pseudolabel.qc`). Images without labels and test cases
 are not copied. Everything is checked before the output folder appears; any failure leaves none.
 """
 
@@ -18,11 +18,11 @@ from tqdm import tqdm
 from adapt3d.atomic import atomic_dir
 from adapt3d.data.nnunet import Dataset, load_case, read_dataset
 from adapt3d.errors import ConfigError, InputError
-from adapt3d.train.pseudolabel.backends import PSEUDOLABEL_BACKENDS
-from adapt3d.train.pseudolabel.confidence import DEFAULT_BAND, check_band, make_pseudolabel
-from adapt3d.train.pseudolabel.keyframes import IGNORE, auto_axis, check_spacing, label_dtype, sparse_from_ignore
-from adapt3d.train.pseudolabel.qc import leave_keyframes_out, summarise_qc
-from adapt3d.train.pseudolabel.writer import PseudolabelWriter
+from adapt3d.pseudolabel.backends import PSEUDOLABEL_BACKENDS
+from adapt3d.pseudolabel.confidence import DEFAULT_BAND, check_band, make_pseudolabel
+from adapt3d.pseudolabel.keyframes import IGNORE, auto_axis, check_spacing, label_dtype, sparse_from_ignore
+from adapt3d.pseudolabel.qc import leave_keyframes_out, summarise_qc
+from adapt3d.pseudolabel.writer import PseudolabelWriter
 
 
 def source_labels(ds: Dataset) -> tuple[dict[str, int], int]:
@@ -59,7 +59,7 @@ def pseudolabel_dataset(
     Keyframes of fully labelled cases: ``every`` K-th slice or ``count`` N (exactly one; both may
     be None when every case is already sparse).
 
-    ``axis`` None: :func:`~adapt3d.train.pseudolabel.keyframes.auto_axis` per case (for sparse
+    ``axis`` None: :func:`~adapt3d.pseudolabel.keyframes.auto_axis` per case (for sparse
     cases, the axis of their labelled slices). ``ignore`` None: highest label id + 1.
     ``options`` go to the backend (e.g. ``core=`` or ``seggpt=``, see ``backend_options``).
     """

@@ -1,10 +1,10 @@
 """Keyframe pseudo-labelling: sparse labels, propagation backends, confidence → ignore, QC, writer."""
 
-from adapt3d.train.pseudolabel import core_backend, seggpt  # noqa: F401  (importing a backend registers it)
-from adapt3d.train.pseudolabel.backends import PSEUDOLABEL_BACKENDS, Backend, Resources, backend_options, propagate
-from adapt3d.train.pseudolabel.confidence import DEFAULT_BAND, check_band, fuse, make_pseudolabel
-from adapt3d.train.pseudolabel.dataset import pseudolabel_dataset
-from adapt3d.train.pseudolabel.keyframes import (
+from adapt3d.pseudolabel import core_backend, seggpt  # noqa: F401  (importing a backend registers it)
+from adapt3d.pseudolabel.backends import PSEUDOLABEL_BACKENDS, Backend, Resources, backend_options, propagate
+from adapt3d.pseudolabel.confidence import DEFAULT_BAND, check_band, fuse, make_pseudolabel
+from adapt3d.pseudolabel.dataset import pseudolabel_dataset
+from adapt3d.pseudolabel.keyframes import (
     IGNORE,
     SparseLabel,
     auto_axis,
@@ -12,8 +12,8 @@ from adapt3d.train.pseudolabel.keyframes import (
     sparse_from_ignore,
     sparsify,
 )
-from adapt3d.train.pseudolabel.qc import leave_keyframes_out, qc_scores, summarise_qc
-from adapt3d.train.pseudolabel.seggpt import SegGpt, load_seggpt
+from adapt3d.pseudolabel.qc import leave_keyframes_out, qc_scores, summarise_qc
+from adapt3d.pseudolabel.seggpt import SegGpt, load_seggpt
 
 __all__ = [
     "DEFAULT_BAND",

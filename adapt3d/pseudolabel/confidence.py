@@ -19,8 +19,8 @@ import numpy as np
 
 from adapt3d.data.imageio import Volume
 from adapt3d.errors import ConfigError
-from adapt3d.train.pseudolabel.backends import propagate
-from adapt3d.train.pseudolabel.keyframes import IGNORE, SparseLabel, label_dtype
+from adapt3d.pseudolabel.backends import propagate
+from adapt3d.pseudolabel.keyframes import IGNORE, SparseLabel, label_dtype
 
 DEFAULT_BAND = (0.3, 0.7)
 

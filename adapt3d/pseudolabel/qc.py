@@ -23,9 +23,9 @@ import numpy as np
 
 from adapt3d.data.imageio import Volume
 from adapt3d.evaluate.metrics import dice, summarise
-from adapt3d.train.pseudolabel.backends import propagate
-from adapt3d.train.pseudolabel.confidence import DEFAULT_BAND, fuse
-from adapt3d.train.pseudolabel.keyframes import IGNORE, SparseLabel, sparsify
+from adapt3d.pseudolabel.backends import propagate
+from adapt3d.pseudolabel.confidence import DEFAULT_BAND, fuse
+from adapt3d.pseudolabel.keyframes import IGNORE, SparseLabel, sparsify
 
 
 def _ratio(num: int, den: int) -> float | None:

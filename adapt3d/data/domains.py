@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapt3d.data.domain_config import DomainSection
 from adapt3d.data.items import Item, Split, SplitRule, files_hash, list_items, split_items
 from adapt3d.data.nnunet import Dataset, read_dataset
 from adapt3d.errors import ConfigError
-from adapt3d.train.config import DomainSection
 
 
 @dataclass
