@@ -29,6 +29,12 @@ class Registry(Generic[T]):
 
         return add if obj is None else add(obj)
 
+    def unregister(self, name: str) -> T:
+        """Remove and return the object registered under ``name`` (e.g. a core registered by a test)."""
+        if name not in self._items:
+            raise ConfigError(self.unknown_message(name))
+        return self._items.pop(name)
+
     def get(self, name: str) -> T:
         """Return the object registered under ``name``."""
         try:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 from pathlib import Path
 
 NAME = "predict"
 HELP = "segment an object from point clicks and write a NIfTI mask on the input's grid"
 DESCRIPTION = """\
-Segment one object in a 3D image from point clicks with a SAM-Med3D-format core.
+Segment one object in a 3D image from point clicks, as the core's contract predicts a whole
+volume: SAM-Med3D-format cores by windows (below), SegVol by zoom-out-zoom-in at the input's own
+spacing (--text adds the class name as a text prompt).
 
 The image is reoriented to RAS and resampled (--resample, default isotropic at the core's own
 spacing, stored in its checkpoint: SAM-Med3D 1.5 mm, the demo core 3 mm; --spacing overrides
@@ -86,39 +87,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spacing", type=float, metavar="MM", help="target spacing of the policy in mm (default: the core's own)")
     p.add_argument("--max-windows", type=int, default=27, metavar="N", help="window budget of --mode whole (default: 27)")
     p.add_argument("--overlap", type=float, default=0.25, help="overlap of neighbouring windows, fraction (default: 0.25)")
+    p.add_argument("--text", metavar="NAME", help="class name as a text prompt, for cores that take text (SegVol), e.g. liver")
 
 
 def run(args: argparse.Namespace) -> int:
     from adapt3d.data.imageio import load_volume, save_volume
     from adapt3d.errors import ConfigError
-    from adapt3d.infer.predictor import CropPredictor, check_inside
-    from adapt3d.infer.resampling_policy import working_spacing
+    from adapt3d.infer.predictor import check_inside
     from adapt3d.infer.session import guess_modality, load_model
-    from adapt3d.infer.whole_volume import WholeVolumeConfig, WholeVolumePredictor
+    from adapt3d.infer.strategies import PredictRequest, check_request
+    from adapt3d.infer.whole_volume import WholeVolumeConfig
 
     if not args.point:
         raise ConfigError("give at least one --point (a positive click inside the object)")
     out = check_output(args.out, args.overwrite)
     options = {"resample": args.resample, "overlap": args.overlap, "max_windows": args.max_windows}
-    config = WholeVolumeConfig(**options, **({} if args.spacing is None else {"spacing": args.spacing}))  # flags checked first
+    WholeVolumeConfig(**options, **({} if args.spacing is None else {"spacing": args.spacing}))  # flags checked first
     image = load_volume(args.image)
     points = list(args.point) + list(args.negative)
     for point in points:
         check_inside(image, point)
     model = load_model(args.core, core_type=args.core_type, adapter=args.adapter, device=args.device)
-    prep = model.preprocessing
-    spacing = args.spacing if args.spacing is not None else prep.isotropic_spacing(f"{args.core} (core)")
-    config = dataclasses.replace(config, spacing=spacing, normalization=prep.normalization)
     modality = guess_modality(image) if args.modality == "auto" else args.modality.upper()
-    labels = [1] * len(args.point) + [0] * len(args.negative)
-    if args.mode == "crop":
-        work = working_spacing(config.resample, config.spacing, image.affine)
-        mask = CropPredictor(model, target_spacing=work, normalization=prep.normalization).predict(image, modality, points, labels)
-        how = "1 crop"
-    else:
-        result = WholeVolumePredictor(model, config).predict(image, modality, points, labels)
-        mask, how = result.mask, f"{len(result.windows)} windows, {result.stopped}; {result.resampling.describe()}"
+    request = PredictRequest(image, modality, points, [1] * len(args.point) + [0] * len(args.negative), mode=args.mode,
+                             spacing=args.spacing, text=args.text, **options)
+    mask, how = check_request(model, request)(model, request)
     save_volume(mask, image.affine, out, reference=image, dtype="uint8")
     print(f"wrote {out}: {int(mask.sum())} voxels segmented ({modality}, {len(points)} clicks, {how}; "
-          f"core preprocessing {prep.describe()})")
+          f"core preprocessing {model.preprocessing.describe()})")
     return 0
