@@ -123,11 +123,16 @@ def propagate_core(
 
 
 def _load(resources: Resources) -> dict:
+    from adapt3d.cores import core_spec
     from adapt3d.infer.session import load_model
 
     if resources.core is None:
         raise ConfigError("the 'core' pseudo-label backend needs --core CKPT (a SAM-Med3D-format checkpoint)")
     core = load_model(resources.core, core_type=resources.core_type, adapter=resources.adapter, device=resources.device)
+    contract = core_spec(core).contract
+    if contract.inference != "windows":
+        raise ConfigError(f"the 'core' pseudo-label backend prompts crops by clicks (the windows inference); core "
+                          f"{resources.core_type!r} predicts by {contract.inference or 'no whole-volume inference'}")
     prep = core.preprocessing  # resample and normalise as the core's checkpoint says
     return {"core": core, "target_spacing": prep.spacing, "normalization": prep.normalization}
 

@@ -21,6 +21,7 @@ from torch import nn
 from adapt3d import __version__
 from adapt3d.data.imageio import Volume
 from adapt3d.errors import ConfigError
+from adapt3d.cores import core_spec
 from adapt3d.infer.session import guess_modality, load_model
 from adapt3d.infer.whole_volume import WholeVolumeConfig, WholeVolumePredictor
 from adapt3d.tuners import AdaptedModel, load_adapter
@@ -106,8 +107,10 @@ class ServedModel:
         if len(unrouted) > 1:
             raise ConfigError(f"--adapter: several adapters without a modality ({', '.join(unrouted)}); write MODALITY=DIR")
         model = load_model(core, core_type=core_type, device=device)
-        if not hasattr(model, "image_size") or not isinstance(model.image_size, int):
-            raise ConfigError(f"core {core_type!r}: adapt3d serve needs a SAM-Med3D-format core (cubic windows)")
+        inference = core_spec(model).contract.inference
+        if inference != "windows":
+            raise ConfigError(f"core {core_type!r}: adapt3d serve runs the windows inference (SAM-Med3D-format cores); "
+                              f"this core's contract predicts by {inference or 'no whole-volume inference'}")
         if adapters:
             adapted = AdaptedModel(model)
             for spec in adapters:
