@@ -86,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="2D cores: slice orientation, axial (default), coronal, sagittal or RAS axis 0/1/2")
     p.add_argument("--text", action="store_true",
                    help="SegVol: also prompt with the class names of dataset.json (adds click count 0: text alone)")
-    p.add_argument("--tokenizer", metavar="DIR", help="SegVol: CLIP tokenizer folder (SegVol's config/clip), for --text")
+    p.add_argument("--tokenizer", metavar="DIR", help="SegVol: CLIP tokenizer folder for --text (default: CLIP's, built in)")
     p.add_argument("--spacing", type=_spacing, metavar="MM",
                    help="working voxel spacing in mm, one value or three (default: the core's own, from its checkpoint)")
     p.add_argument("--normalization", type=_normalization, metavar="NAME",

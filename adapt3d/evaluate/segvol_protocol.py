@@ -29,7 +29,7 @@ class SegVolProtocol(Protocol):
     """The N-click protocol with SegVol's own options."""
 
     text: bool = False  # also prompt with the class name (adds click count 0: the text alone)
-    tokenizer: str = ""  # CLIP tokenizer folder (SegVol's config/clip), needed for text prompts
+    tokenizer: str = ""  # CLIP tokenizer folder for text prompts ("": the default CLIP tokenizer)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ from adapt3d.cores.contract import CoreContract
 from adapt3d.cores.preprocessing import Preprocessing
 from adapt3d.cores.registry import CoreSpec, register_core
 from adapt3d.cores.segvol.model import SegVol, SegVolConfig, infer_config
+from adapt3d.cores.segvol.tokenizer import default_tokenizer
 from adapt3d.cores.segvol.text_encoder import PROMPT_TEMPLATES, check_class_names, load_tokenizer, prompt_sentence
 from adapt3d.cores.segvol.zoom import ZoomResult, zoom_out_zoom_in
 
@@ -39,6 +40,7 @@ __all__ = [
     "SegVolConfig",
     "ZoomResult",
     "check_class_names",
+    "default_tokenizer",
     "load_tokenizer",
     "prompt_sentence",
     "zoom_out_zoom_in",

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adapt3d.cores.segvol.tokenizer import default_tokenizer
 from adapt3d.errors import ConfigError, InputError
 
 #: Sentence each class name is put into, per modality. SegVol was trained with the CT one only.
@@ -53,9 +54,12 @@ def check_class_names(names: Sequence[str], known: Mapping[str, Any] | Sequence[
     return list(names)
 
 
-def load_tokenizer(path: str | os.PathLike) -> Any:
+def load_tokenizer(path: str | os.PathLike | None = None) -> Any:
     """A CLIP tokenizer from a local directory (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``),
-    e.g. ``config/clip`` of the SegVol repository. Nothing is downloaded."""
+    e.g. ``config/clip`` of the SegVol repository; with no directory, :func:`default_tokenizer`
+    (the same tokenizer, built from the ``openai-clip`` package's vocabulary). Nothing is downloaded."""
+    if path is None:
+        return default_tokenizer()
     path = Path(path)
     if not path.is_dir():
         raise InputError(
@@ -112,8 +116,9 @@ class CLIPTextTower(nn.Module):
 class TextEncoder(nn.Module):
     """``clip_text_model`` + ``dim_align`` (hidden_size → embed_dim), as in the SegVol release.
 
-    ``forward(text)`` takes class names (official behaviour) and needs a tokenizer: set one with
-    :meth:`set_tokenizer` (a directory such as SegVol's ``config/clip``, or a tokenizer object).
+    ``forward(text)`` takes class names (official behaviour). Their tokenizer is CLIP's
+    (:func:`default_tokenizer`, loaded at the first prompt) unless :meth:`set_tokenizer` gives another
+    (a directory such as SegVol's ``config/clip``, or a tokenizer object).
     """
 
     def __init__(
@@ -134,20 +139,24 @@ class TextEncoder(nn.Module):
         self.max_positions = max_positions
         self.tokenizer: Any = None
 
-    def set_tokenizer(self, tokenizer: Any) -> None:
-        """Use ``tokenizer`` (a transformers tokenizer, or a directory path) for class-name prompts."""
+    def set_tokenizer(self, tokenizer: Any = None) -> None:
+        """Use ``tokenizer`` (a transformers tokenizer, or a directory path) for class-name prompts;
+        ``None``: the default CLIP tokenizer."""
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
 
     def tokenize(self, sentences: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids and attention mask of ``sentences``, padded to the longest, on the model's device."""
         if self.tokenizer is None:
-            raise ConfigError(
-                "SegVol text prompts need the CLIP tokenizer: call set_tokenizer(<dir with tokenizer.json "
-                "or vocab.json + merges.txt>, e.g. SegVol's config/clip)"
-            )
+            self.tokenizer = default_tokenizer()
         tokens = self.tokenizer(
             list(sentences), padding=True, truncation=True, max_length=self.max_positions, return_tensors="pt"
         )
+        vocab = self.clip_text_model.text_model.embeddings.token_embedding.num_embeddings
+        if tokens["input_ids"].numel() and int(tokens["input_ids"].max()) >= vocab:
+            raise ConfigError(
+                f"SegVol text prompts: the CLIP tokenizer gives token id {int(tokens['input_ids'].max())} but the "
+                f"text tower has {vocab} tokens (text_vocab_size); set_tokenizer(<folder>) with its vocabulary"
+            )
         device = self.dim_align.weight.device
         return {"input_ids": tokens["input_ids"].to(device), "attention_mask": tokens["attention_mask"].to(device)}
 
