@@ -8,11 +8,16 @@ from pathlib import Path
 
 def summary_lines(metrics: dict) -> list[str]:
     """Rows of a plain-text table (Dice × 100, mean ± sd) from a metrics.json record."""
-    clicks = [str(k) for k in metrics["clicks"]]
-    head = f"{'domain':<28}{'stage':<8}" + "".join(f"{k + ' click' + ('s' if k != '1' else ''):>15}" for k in clicks)
+    stages = [dom[s] for dom in metrics["domains"].values() for s in ("before", "after") if dom.get(s)]
+    clicks = [str(k) for k in sorted({*metrics["clicks"], *(k for ev in stages for k in ev.get("clicks", ()))})]
+    labels = {k: "no click" if k == "0" else f"{k} click" + ("s" if k != "1" else "") for k in clicks}  # 0: text or automatic
+    tags = {name: " (simulated)" if dom.get("simulated") else " (reference)" if dom.get("role") == "reference" else ""
+            for name, dom in metrics["domains"].items()}
+    width = max([26, *(len(n + t) for n, t in tags.items())]) + 2  # names are never cut
+    head = f"{'domain':<{width}}{'stage':<8}" + "".join(f"{labels[k]:>15}" for k in clicks)
     lines = [head, "-" * len(head)]
     for name, dom in metrics["domains"].items():
-        tag = " (simulated)" if dom.get("simulated") else " (reference)" if dom.get("role") == "reference" else ""
+        tag = tags[name]
         for stage in ("before", "after"):
             ev = dom.get(stage)
             if not ev:
@@ -21,7 +26,7 @@ def summary_lines(metrics: dict) -> list[str]:
             for k in clicks:
                 d = ev["summary"].get(k, {}).get("dice")
                 cells.append(f"{100 * d['mean']:6.1f} ± {100 * (d['sd'] or 0):4.1f}" if d and d["mean"] is not None else "—")
-            lines.append(f"{(name + tag)[:27]:<28}{stage:<8}" + "".join(f"{c:>15}" for c in cells))
+            lines.append(f"{name + tag:<{width}}{stage:<8}" + "".join(f"{c:>15}" for c in cells))
     ret = metrics.get("retention")
     if ret and ret.get("final") is not None:
         lines.append(f"CT Dice retention ({ret['reference_domain']}, {ret['clicks']} click): {ret['final']:.3f}")

@@ -30,6 +30,7 @@ class SegVolProtocol(Protocol):
 
     text: bool = False  # also prompt with the class name (adds click count 0: the text alone)
     tokenizer: str = ""  # CLIP tokenizer folder for text prompts ("": the default CLIP tokenizer)
+    zoom_in: bool = True  # false: the zoom-out pass alone (fast, coarse)
 
 
 @torch.no_grad()
@@ -42,9 +43,10 @@ def segment_item_segvol(model: nn.Module, item: Item, modality: str, protocol: P
     simulate = CLICK_SIMULATORS.get(protocol.simulator)
     rng = np.random.default_rng([protocol.seed, *item.key.encode()])
     name = item.class_name.replace("_", " ") if text else None
+    zoom_in = bool(getattr(protocol, "zoom_in", True))
     out: dict[int, np.ndarray] = {}
     if text and 0 in protocol.clicks:
-        logits, _ = segment_volume(model, image, text=name, modality=modality)
+        logits, _ = segment_volume(model, image, text=name, modality=modality, zoom_in=zoom_in)
         out[0] = logits > 0
     clicks: list[Click] = []
     pred = None
@@ -53,7 +55,8 @@ def segment_item_segvol(model: nn.Module, item: Item, modality: str, protocol: P
         if click is not None:
             clicks.append(click)
         logits, _ = segment_volume(
-            model, image, text=name, points_ijk=[c.position for c in clicks], labels=[c.label for c in clicks], modality=modality
+            model, image, text=name, points_ijk=[c.position for c in clicks], labels=[c.label for c in clicks], modality=modality,
+            zoom_in=zoom_in,
         )
         pred = logits > 0
         if k in protocol.clicks:
