@@ -2,7 +2,8 @@
 
 Runs the demo's two experiments (configs/experiment/demo_mr_lora.yaml, demo_us_lora.yaml: the
 demo core, MRI and SIMULATED ultrasound, same seeds) once per variant, times every training
-step, and writes a Markdown table (benchmarks/results/preserve.md by default).
+step, and writes a Markdown table (benchmarks/results/preserve.md by default) and the raw figures
+next to it (preserve.json: one record per run; preserve.csv: one row per run and click count).
 
     python -m benchmarks.preserve_demo --out /tmp/preserve_bench            # off vs on (recommended)
     python -m benchmarks.preserve_demo --out /tmp/preserve_bench --variant w10=retention.preserve=true,retention.preserve_weight=10
@@ -13,12 +14,14 @@ Existing run directories under --out are reused (delete them to rerun).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from pathlib import Path
 
 import lightning as L
 import numpy as np
+import yaml
 
 from adapt3d.demo import CONFIGS, SAMPLE
 from adapt3d.train.config import load_experiment
@@ -75,6 +78,7 @@ def run(out: Path, domain: str, variant: str, overrides: list[str]) -> dict:
         (run_dir / "step_times.json").write_text(json.dumps(timer.times))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["step_times"] = json.loads((run_dir / "step_times.json").read_text())
+    metrics["seed"] = yaml.safe_load((run_dir / "config.yaml").read_text())["seed"]
     return metrics
 
 
@@ -84,8 +88,8 @@ def dice(metrics: dict, domain: str, stage: str, k: str) -> float:
 
 def table(results: dict[tuple[str, str], dict], variants: list[str]) -> list[str]:
     lines = [
-        "| domain | variant | target Dice before → after (gain), 1 / 3 / 5 / 10 clicks | gain kept vs off | "
-        "MERGED CT retention 1 / 3 / 5 / 10 | guard | s / step (extra) |",
+        ("| domain | variant | target Dice before → after (gain), 1 / 3 / 5 / 10 clicks | gain kept vs off | "
+         "MERGED CT retention 1 / 3 / 5 / 10 | guard | s / step (extra) |"),
         "|---|---|---|---|---|---|---|",
     ]
     for domain in DOMAINS:
@@ -115,6 +119,45 @@ def table(results: dict[tuple[str, str], dict], variants: list[str]) -> list[str
     return lines
 
 
+def raw(results: dict[tuple[str, str], dict], variants: dict[str, list[str]], common: list[str]) -> list[dict]:
+    """One record per run: settings, target and merged-CT Dice per click count, retention, timings."""
+    records = []
+    for (domain, variant), m in results.items():
+        target = next(n for n, d in m["domains"].items() if d["role"] == "target")
+        merged = m["retention"]["merged"]
+        preserve = m["training"].get("preserve") or {}
+        records.append({
+            "domain": domain, "simulated": m["domains"][target]["simulated"], "variant": variant,
+            "overrides": [*common, *variants[variant]], "seed": m["seed"], "steps": m["training"]["steps"],
+            "target_before": {k: dice(m, target, "before", k) for k in CLICKS},
+            "target_after": {k: dice(m, target, "after", k) for k in CLICKS},
+            "ct_frozen": {k: dice(m, "ct", "before", k) for k in CLICKS},
+            "ct_merged": {k: merged["dice"][k] for k in CLICKS},
+            "merged_retention": {k: merged["per_click"][k] for k in CLICKS},
+            "adapter_retention": m["retention"]["final"], "guard_triggered": m["retention"]["guard"]["triggered"],
+            "median_step_seconds": float(np.median(m["step_times"][1:])),
+            "preserve_forward_seconds_per_step": preserve.get("forward_seconds_per_step"),
+            "preserve_setup_seconds": preserve.get("setup_seconds"), "preserve_cache_bytes": preserve.get("cache_bytes"),
+            "train_wall_seconds": m["training"].get("wall_seconds"),
+        })
+    return records
+
+
+def write_raw(records: list[dict], results: Path) -> None:
+    """``preserve.json`` (the records) and ``preserve.csv`` (one row per run and click count) next to ``results``."""
+    results.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
+    columns = ["domain", "variant", "clicks", "target_before", "target_after", "target_gain", "ct_frozen", "ct_merged",
+               "merged_retention", "median_step_seconds"]
+    with results.with_suffix(".csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(columns)
+        for r in records:
+            for k in CLICKS:
+                out.writerow([r["domain"], r["variant"], k, f"{r['target_before'][k]:.4f}", f"{r['target_after'][k]:.4f}",
+                              f"{r['target_after'][k] - r['target_before'][k]:+.4f}", f"{r['ct_frozen'][k]:.4f}",
+                              f"{r['ct_merged'][k]:.4f}", f"{r['merged_retention'][k]:.4f}", f"{r['median_step_seconds']:.3f}"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="work folder for the runs (and the simulated US)")
@@ -142,6 +185,7 @@ def main() -> None:
     text = "\n".join(["# Preservation benchmark (generated by benchmarks/preserve_demo.py)", "", settings, "", *lines, "", *CAVEATS, ""])
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(text)
+    write_raw(raw(results, variants, common), args.results)
     print(text)
 
 
