@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -44,10 +45,11 @@ CAVEATS = [
 
 
 class StepTimer(L.Callback):
-    """Wall time of every training step (forward, backward, optimizer)."""
+    """Wall time of every training step (forward, backward, optimizer), and the machine's 1-minute load then."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.loads: list[float] = []
         self._t = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -55,6 +57,7 @@ class StepTimer(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.times.append(time.perf_counter() - self._t)
+        self.loads.append(os.getloadavg()[0])
 
 
 def us_data(out: Path) -> Path:
@@ -75,9 +78,12 @@ def run(out: Path, domain: str, variant: str, overrides: list[str]) -> dict:
         cfg = load_experiment(CONFIGS / DOMAINS[domain], [f"output_dir={out / 'runs'}", f"name={domain}_{variant}", *extra, *overrides])
         timer = StepTimer()
         run_adaptation(cfg, overwrite=True, callbacks=(timer,))
+        (run_dir / "load.json").write_text(json.dumps(timer.loads))
         (run_dir / "step_times.json").write_text(json.dumps(timer.times))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["step_times"] = json.loads((run_dir / "step_times.json").read_text())
+    load = run_dir / "load.json"  # absent for runs made before the script recorded it
+    metrics["load"] = json.loads(load.read_text()) if load.exists() else None
     metrics["seed"] = yaml.safe_load((run_dir / "config.yaml").read_text())["seed"]
     return metrics
 
@@ -139,6 +145,7 @@ def raw(results: dict[tuple[str, str], dict], variants: dict[str, list[str]], co
             "preserve_forward_seconds_per_step": preserve.get("forward_seconds_per_step"),
             "preserve_setup_seconds": preserve.get("setup_seconds"), "preserve_cache_bytes": preserve.get("cache_bytes"),
             "train_wall_seconds": m["training"].get("wall_seconds"),
+            "median_load_1min": float(np.median(m["load"])) if m["load"] else None,
         })
     return records
 
