@@ -92,11 +92,24 @@ def dice(metrics: dict, domain: str, stage: str, k: str) -> float:
     return metrics["domains"][domain][stage]["summary"][k]["dice"]["mean"]
 
 
+def organ_changes(metrics: dict, k: str) -> dict[str, float]:
+    """CT Dice after − before per held-out CT organ (the adapted model; for LoRA its merged weights
+    give the same Dice: the run's test checks the means agree to 1e-3)."""
+    before, after = (metrics["domains"]["ct"][s]["per_class"] for s in ("before", "after"))
+    return {c: after[c][k]["dice"]["mean"] - before[c][k]["dice"]["mean"] for c in before}
+
+
+def forgetting(metrics: dict, k: str) -> float:
+    """Mean over the CT organs of the Dice each one LOST (gains elsewhere do not offset it)."""
+    changes = organ_changes(metrics, k).values()
+    return float(np.mean([max(0.0, -c) for c in changes]))
+
+
 def table(results: dict[tuple[str, str], dict], variants: list[str]) -> list[str]:
     lines = [
         ("| domain | variant | target Dice before → after (gain), 1 / 3 / 5 / 10 clicks | gain kept vs off | "
-         "MERGED CT retention 1 / 3 / 5 / 10 | guard | s / step (extra) |"),
-        "|---|---|---|---|---|---|---|",
+         "MERGED CT retention 1 / 3 / 5 / 10 | CT organ loss 1 / 3 / 5 / 10 (worst organ) | guard | s / step (extra) |"),
+        "|---|---|---|---|---|---|---|---|",
     ]
     for domain in DOMAINS:
         base = results.get((domain, "off"))
@@ -115,13 +128,16 @@ def table(results: dict[tuple[str, str], dict], variants: list[str]) -> list[str
                     kept.append(f"{(a - b) / gain_off:.0%}" if gain_off > 0 else "—")
             merged = m["retention"]["merged"]["per_click"]
             ret = " / ".join(f"{merged[k]:.3f}" for k in CLICKS)
+            lost = " / ".join(f"{100 * forgetting(m, k):.1f}" for k in CLICKS)
+            worst = min(organ_changes(m, "1").items(), key=lambda kv: kv[1])
+            lost += f" ({worst[0]} {100 * worst[1]:+.0f} @1)"
             guard = "triggered" if m["retention"]["guard"]["triggered"] else "ok"
             step = float(np.median(m["step_times"][1:]))
             extra = ""
             if base is not None and variant != "off":
                 extra = f" ({step - float(np.median(base['step_times'][1:])):+.2f})"
             lines.append(f"| {domain}{' (simulated)' if domain == 'us' else ''} | {variant} | {'; '.join(cells)} | "
-                         f"{' / '.join(kept) if kept else '—'} | {ret} | {guard} | {step:.2f}{extra} |")
+                         f"{' / '.join(kept) if kept else '—'} | {ret} | {lost} | {guard} | {step:.2f}{extra} |")
     return lines
 
 
@@ -140,6 +156,8 @@ def raw(results: dict[tuple[str, str], dict], variants: dict[str, list[str]], co
             "ct_frozen": {k: dice(m, "ct", "before", k) for k in CLICKS},
             "ct_merged": {k: merged["dice"][k] for k in CLICKS},
             "merged_retention": {k: merged["per_click"][k] for k in CLICKS},
+            "ct_organ_change": {k: organ_changes(m, k) for k in CLICKS},
+            "ct_organ_loss": {k: forgetting(m, k) for k in CLICKS},
             "adapter_retention": m["retention"]["final"], "guard_triggered": m["retention"]["guard"]["triggered"],
             "median_step_seconds": float(np.median(m["step_times"][1:])),
             "preserve_forward_seconds_per_step": preserve.get("forward_seconds_per_step"),
@@ -154,7 +172,7 @@ def write_raw(records: list[dict], results: Path) -> None:
     """``preserve.json`` (the records) and ``preserve.csv`` (one row per run and click count) next to ``results``."""
     results.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
     columns = ["domain", "variant", "clicks", "target_before", "target_after", "target_gain", "ct_frozen", "ct_merged",
-               "merged_retention", "median_step_seconds"]
+               "merged_retention", "ct_organ_loss", "median_step_seconds"]
     with results.with_suffix(".csv").open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(columns)
@@ -162,7 +180,8 @@ def write_raw(records: list[dict], results: Path) -> None:
             for k in CLICKS:
                 out.writerow([r["domain"], r["variant"], k, f"{r['target_before'][k]:.4f}", f"{r['target_after'][k]:.4f}",
                               f"{r['target_after'][k] - r['target_before'][k]:+.4f}", f"{r['ct_frozen'][k]:.4f}",
-                              f"{r['ct_merged'][k]:.4f}", f"{r['merged_retention'][k]:.4f}", f"{r['median_step_seconds']:.3f}"])
+                              f"{r['ct_merged'][k]:.4f}", f"{r['merged_retention'][k]:.4f}", f"{r['ct_organ_loss'][k]:.4f}",
+                              f"{r['median_step_seconds']:.3f}"])
 
 
 def main() -> None:
