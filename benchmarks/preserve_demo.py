@@ -39,8 +39,10 @@ CAVEATS = [
     "ratio moves by several percent when one organ changes, and values above 1 occur. The preservation crops",
     "are random body crops of that same CT volume (its labels are never read) — the only CT in the sample; on a",
     "lab's data point `retention.preserve_path` at a separate (unlabelled) CT archive. US is SIMULATED from the MRI.",
-    "`s / step` is the median wall time of a training step (forward, backward, optimizer) on a shared, heavily",
-    "loaded 2-core CPU; the difference between variants is the cost of preservation, subject to that noise.",
+    "`s / step` is the median wall time of a training step (forward, backward, optimizer) on a shared 2-core CPU",
+    "whose load changes between runs (preserve.json: median_load_1min): across runs the difference is mostly the",
+    "load, not preservation; preserve_forward_seconds_per_step / median_step_seconds is measured within one run.",
+    "CT organ loss: mean over the CT organs of the Dice each one lost (×100), adapted model (= merged for LoRA).",
 ]
 
 
