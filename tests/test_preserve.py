@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -132,8 +133,8 @@ def test_large_preservation_weight_keeps_ct_outputs_while_the_target_loss_falls(
 
     free_emb, free_prob = distance(free, pres)
     kept_emb, kept_prob = distance(kept, pres_kept)
-    values = dict(kept_losses=(loss_before, loss_after), free_losses=free_losses, kept_emb=kept_emb, kept_prob=kept_prob, free_emb=free_emb, free_prob=free_prob,
-                  )
+    values = {"kept_losses": (loss_before, loss_after), "free_losses": free_losses, "kept_emb": kept_emb,
+              "kept_prob": kept_prob, "free_emb": free_emb, "free_prob": free_prob}
     assert kept_emb < 0.01 and kept_prob < 0.025, values
     assert kept_emb < 0.1 * free_emb and kept_prob < 0.3 * free_prob, values  # without it CT outputs move much further
     assert len(pres_kept.history) == 16  # one preservation loss per training step
@@ -179,8 +180,7 @@ def test_run_records_the_preservation_loss_and_the_merged_retention(tmp_path, me
     if method == "lora":  # the report puts the setting, target gain and merged retention side by side
         from adapt3d.report import write_report
 
-        md = (write_report([run], tmp_path / "report")["paths"]["markdown"])
-        text = open(md).read()
+        text = Path(write_report([run], tmp_path / "report")["paths"]["markdown"]).read_text()
         assert "MERGED CT retention @3" in text and "on: weight 1.0, 2 crops/step, both" in text
         assert f"{100 * merged['per_click']['3']:.1f}%" in text
 

@@ -86,6 +86,18 @@ def test_adapter_off_is_bit_identical_to_the_frozen_core(method):
     assert not torch.allclose(outputs(model), reference), "the adapter is back on after the block"
 
 
+@pytest.mark.parametrize("method", ["lora", "dora", "adapter", "adaptformer"])
+def test_adapter_off_block_keeps_which_parameters_train(method):
+    model = add_adapters(tiny_core(), AdapterConfig(method=method, rank=4), verbose=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    with model.using(None):
+        outputs(model)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_step(model)  # the adapter still learns after the block
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in trainable)
+
+
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_qv_slices_train_only_q_and_v_rows(method):
     model = add_adapters(tiny_core(), AdapterConfig(method=method, rank=4, targets=("encoder.qkv",), qkv_slices="qv"), verbose=False)

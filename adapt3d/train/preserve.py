@@ -127,7 +127,7 @@ class Preservation:
         simulate = CLICK_SIMULATORS.get(simulator)
         rng = np.random.default_rng([self.seed, 19])
         rounds, size, low = self.section.preserve_clicks, model.image_size, model.low_res_size
-        was_training, trainable = model.training, [(p, p.requires_grad) for p in model.parameters()]
+        was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         points, labels, embeddings, logits = [], [], [], []
@@ -156,8 +156,6 @@ class Preservation:
                 embeddings.append(emb[0].float().cpu())
                 logits.append(torch.stack(per_round))
         model.train(was_training)
-        for p, flag in trainable:  # peft's disable_adapter_layers also clears requires_grad: restore it
-            p.requires_grad_(flag)
         return torch.stack(points), torch.stack(labels), torch.stack(embeddings), torch.stack(logits)
 
     def cache_bytes(self) -> int:

@@ -123,13 +123,18 @@ class AdaptedModel(nn.Module):
 
     @contextlib.contextmanager
     def using(self, name: str | None) -> Iterator[AdaptedModel]:
-        """Temporarily route calls through adapter ``name`` (None: the plain core)."""
+        """Temporarily route calls through adapter ``name`` (None: the plain core); afterwards the
+        previous adapter is active and exactly the parameters that trained before train again
+        (peft's disabled adapter layers clear ``requires_grad``; it is restored here)."""
         previous = self.active
+        trainable = [(p, p.requires_grad) for p in self.parameters()]
         self.set_active(name)
         try:
             yield self
         finally:
             self.set_active(previous)
+            for p, flag in trainable:
+                p.requires_grad_(flag)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimizer groups of the trainable parameters: weight decay on matrices only.
