@@ -85,16 +85,21 @@ def run_evaluation(
     overwrite: bool = False,
     save_predictions: bool = True,
     device: str = "cpu",
+    auto: bool = False,
 ) -> Path:
     """Evaluate the frozen core (``before``) and, with ``adapter``, the adapted model (``after``).
 
     ``protocol`` names the protocol (``nclick``, ``cvpr25``) and ``options`` are its settings
     (:func:`make_protocol`); their ``target_spacing`` and
     ``normalization`` default to the core's own preprocessing (``model.preprocessing``).
+    ``auto``: the adapted model's automatic masks from the adapter's class prompts as click count 0.
     """
     started, t0 = now(), time.time()
     evaluate_fn = evaluator_for(core_type, protocol).evaluate
     seed = make_protocol(core_type, protocol, **options).seed  # bad options fail before any data or model is read
+    if auto:  # adapt3d.auto: checked before any data or model is read
+        from adapt3d.auto.evaluate import AutoMasks, evaluation_prompts
+        prompts = evaluation_prompts(adapter, evaluate_fn is evaluate_items)
     dom = load_domain(domain, "target", seed=seed, all_test=True)
     model = load_core(core_type, core).to(device)
     name, protocol = protocol, core_protocol(core_type, model.preprocessing, options, protocol)
@@ -106,10 +111,12 @@ def run_evaluation(
 
         model = load_adapter(model, adapter)
         fingerprint = model.fingerprint
+    auto_masks = AutoMasks(model, prompts, protocol, dom.modality) if auto else None
     with one_shot_run_dir(out, overwrite=overwrite) as work:  # <out>.partial until finished
         def evaluate(m, stage: str) -> dict:
             pred_dir = work / "predictions" / dom.name / stage if save_predictions else None
-            return evaluate_fn(m, dom.split.test, dom.modality, protocol, predictions_dir=pred_dir, run_dir=work, desc=f"{stage}: {dom.name}")
+            extra = {"auto": auto_masks} if auto_masks is not None and stage == "after" else {}
+            return evaluate_fn(m, dom.split.test, dom.modality, protocol, predictions_dir=pred_dir, run_dir=work, desc=f"{stage}: {dom.name}", **extra)
 
         if adapter is None:
             before, after = evaluate(model, "before"), None
@@ -137,7 +144,7 @@ def run_evaluation(
             "schema": SCHEMA, "kind": "evaluate", "name": out.name,
             "core": {"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description,
                      "preprocessing": used.to_dict()},
-            "adapter": adapter_record, "protocol": name, "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
+            "adapter": adapter_record, "protocol": name, "clicks": [0] * auto + list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
             "domains": domains, "retention": None, "training": None, "caveats": caveats(core_description, domains),
         })
     return out

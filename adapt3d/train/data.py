@@ -18,7 +18,9 @@ from adapt3d.data.items import Item, prepare_case
 from adapt3d.data.preprocess import centred_window, normalise
 
 class CropDataset(Dataset):
-    """Object-centred crops of ``items``; index ``epoch * len(self) + i`` gives sample i of that epoch."""
+    """Object-centred crops of ``items``; index ``epoch * len(self) + i`` gives sample i of that epoch.
+
+    A sample holds ``image``, ``label``, ``known`` (1, S, S, S) and ``class_index`` (into ``class_names``)."""
 
     def __init__(
         self,
@@ -43,6 +45,7 @@ class CropDataset(Dataset):
         self.seed = seed
         self.samples_per_item = samples_per_item
         self.jitter = jitter
+        self.class_names = tuple(sorted({i.class_name for i in items}))  # a sample's class_index indexes these
         self.augment = (
             Compose(
                 [
@@ -78,7 +81,8 @@ class CropDataset(Dataset):
         if self.augment is not None:
             self.augment.set_random_state(seed=int(rng.integers(2**31)))
             sample = self.augment(sample)
-        return {k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32) for k, v in sample.items()}
+        out = {k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32) for k, v in sample.items()}
+        return {**out, "class_index": torch.tensor(self.class_names.index(item.class_name))}
 
 
 def _object_centre(mask: np.ndarray) -> np.ndarray:

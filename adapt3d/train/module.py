@@ -31,19 +31,23 @@ class AdaptModule(L.LightningModule):
         self.preserve = preserve  # CT preservation (train/preserve.py): callable(module) -> (loss, logs)
         self.strict_loading = False
         self.seg_enabled = True  # False during a context-only pre-adaptation stage
+        self.auto = None  # learned class prompts (adapt3d.auto.training.AutoTraining): a first round without clicks
         self.loss_history: list[dict] = []
         if train.grad_checkpointing and hasattr(model.core, "image_encoder"):
             model.core.image_encoder.grad_checkpointing = True
 
-    def click_rounds(self, emb: torch.Tensor, target: torch.Tensor, known: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def click_rounds(
+        self, emb: torch.Tensor, target: torch.Tensor, known: torch.Tensor, rng: np.random.Generator, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Mean loss over ``click_rounds`` rounds of simulated clicks on a batch of crops (clicks are
-        simulated on the batch's device where the simulator allows: no host round trip per round)."""
+        simulated on the batch's device where the simulator allows: no host round trip per round);
+        ``start``: low-res logits of an automatic first round, the first clicks' mask prompt and error."""
         b, size = target.shape[0], target.shape[-1]
         visible = known[:, 0] > 0.5
         clicks = TrainingClicks(self.cfg.click_simulator, (target[:, 0] > 0.5) & visible, visible, rng)
         low = self.model.low_res_size
-        logits = torch.zeros(b, 1, low, low, low, device=emb.device, dtype=emb.dtype)
-        pred = None
+        logits = torch.zeros(b, 1, low, low, low, device=emb.device, dtype=emb.dtype) if start is None else start
+        pred = None if start is None else F.interpolate(start.detach().float(), size=(size,) * 3, mode="trilinear", align_corners=False)[:, 0] > 0
         total = 0.0
         for _ in range(self.cfg.click_rounds):
             pts, labels = clicks.step(pred)
@@ -60,7 +64,8 @@ class AdaptModule(L.LightningModule):
         logs = {}
         if self.seg_enabled:
             emb = self.model.encode(batch["image"])
-            loss = self.click_rounds(emb, batch["label"], batch["known"], rng)
+            auto_loss, start = (0.0, None) if self.auto is None else self.auto.step(self.model, emb, batch, logs)
+            loss = self.click_rounds(emb, batch["label"], batch["known"], rng, start) + auto_loss
             logs["train/seg_loss"] = loss.detach()
         if self.extra_loss is not None:
             extra, extra_logs = self.extra_loss(self, batch)
@@ -83,6 +88,8 @@ class AdaptModule(L.LightningModule):
             head = [p for p in self.extra_loss.parameters() if p.requires_grad]
             if head:
                 groups.append({"params": head, "weight_decay": self.cfg.weight_decay})
+        if self.auto is not None:
+            groups.append({"params": list(self.auto.parameters()), "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(self.cfg.warmup_steps, total - 1) if total > 1 else 0
