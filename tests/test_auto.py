@@ -236,9 +236,16 @@ def test_evaluate_auto_adds_click_zero(run_dir, core_path, tmp_path, capsys):
             "--spacing", "3", "--no-predictions", "--out", str(out), "--auto"]
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["clicks"] == [0, 1]
+    assert metrics["clicks"] == [1]  # the schema's click counts stay positive: 0 lives in the evaluations
     cord = metrics["domains"]["SpinalCordMR"]
+    assert cord["after"]["clicks"] == [0, 1] and cord["before"]["clicks"] == [1]
     assert cord["after"]["summary"]["0"]["dice"]["n"] == 2 and "0" not in cord["before"]["summary"]
+    from adapt3d.report.runs import load_run
+    from adapt3d.report.tables import results_table
+
+    rows = {r[1]: r for r in results_table(load_run(out)).rows}
+    assert set(rows) == {"0 (auto)", "1"} and rows["0 (auto)"][2] == "—"  # no automatic mask before adaptation
+    assert rows["0 (auto)"][3] == f"{100 * cord['after']['summary']['0']['dice']['mean']:.1f} ± {100 * cord['after']['summary']['0']['dice']['sd']:.1f}"
     capsys.readouterr()
     plain = tmp_path / "plain"
     from adapt3d.tuners import save_adapter

@@ -144,7 +144,7 @@ def run_evaluation(
             "schema": SCHEMA, "kind": "evaluate", "name": out.name,
             "core": {"name": core_type, "checkpoint": str(core), "fingerprint": fingerprint, "description": core_description,
                      "preprocessing": used.to_dict()},
-            "adapter": adapter_record, "protocol": name, "clicks": [0] * auto + list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
+            "adapter": adapter_record, "protocol": name, "clicks": list(protocol.clicks), "nsd_tolerance_mm": protocol.nsd_tolerance_mm,
             "domains": domains, "retention": None, "training": None, "caveats": caveats(core_description, domains),
         })
     return out
