@@ -15,7 +15,11 @@ from tiny import SAMPLE_DATA, TINY_SAM, nudge_trainable, randomise
 
 from adapt3d import load_core
 from adapt3d.auto.predict import lattice_windows, predict_auto
-from adapt3d.auto.prompts import PROMPTS_FILE, ClassPrompts, load_class_prompts, save_class_prompts
+from adapt3d.auto.prompts import (
+    ClassPrompts,
+    load_class_prompts,
+    save_class_prompts,
+)
 from adapt3d.auto.training import auto_round, auto_training
 from adapt3d.cli import main
 from adapt3d.cores import save_core

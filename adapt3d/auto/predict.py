@@ -35,7 +35,12 @@ from tqdm import tqdm
 from adapt3d.auto.prompts import ClassPrompts
 from adapt3d.data.imageio import Volume
 from adapt3d.data.preprocess import Window, from_working_grid, normalise
-from adapt3d.infer.whole_volume import BLEND_WEIGHTS, WholeVolumeConfig, WholeVolumePredictor, WorkingVolume
+from adapt3d.infer.whole_volume import (
+    BLEND_WEIGHTS,
+    WholeVolumeConfig,
+    WholeVolumePredictor,
+    WorkingVolume,
+)
 
 #: Classes decoded together per window (bounds the decoder's batch).
 CLASS_CHUNK = 8

@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     core = load_core(args.core_type, args.core)
     model = load_adapter(core, args.adapter, allow_other_core=args.allow_other_core)
     refuse_existing(export_path(model, args.out), overwrite=args.overwrite)
-    from adapt3d.auto.prompts import plan_prompts_export  # the adapter's class prompts travel with the weights
+    from adapt3d.auto.prompts import plan_prompts_export
 
+    # the adapter's class prompts (adapt3d.auto) travel with the weights; checked before writing
     write_prompts = plan_prompts_export(args.adapter, export_path(model, args.out), overwrite=args.overwrite)
     result = export_merged(model, args.out, fmt=fmt)
     if write_prompts is not None:

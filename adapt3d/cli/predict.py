@@ -97,13 +97,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from adapt3d.auto.cli import run_auto
     from adapt3d.data.imageio import load_volume, save_volume
     from adapt3d.errors import ConfigError
     from adapt3d.infer.predictor import CropPredictor, check_inside
     from adapt3d.infer.resampling_policy import working_spacing
     from adapt3d.infer.session import guess_modality, load_model
     from adapt3d.infer.whole_volume import WholeVolumeConfig, WholeVolumePredictor
-    from adapt3d.auto.cli import run_auto
 
     if args.auto:  # learned class prompts, no click (adapt3d.auto)
         return run_auto(args)
