@@ -64,7 +64,7 @@ def test_segvol_crops_keep_segvol_geometry(segvol_core) -> None:
     sample = crops[0]
     assert sample["image"].shape == (1, 16, 64, 64) and sample["label"].shape == (1, 16, 64, 64)
     assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
-    assert crops.class_names == ["liver"] and int(sample["class_index"]) == 0
+    assert crops.class_names == ("liver",) and int(sample["class_index"]) == 0
     assert sample["label"].sum() > 0  # centred on the object
 
 

@@ -86,6 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="2D cores: slice orientation, axial (default), coronal, sagittal or RAS axis 0/1/2")
     p.add_argument("--text", action="store_true",
                    help="SegVol: also prompt with the class names of dataset.json (adds click count 0: text alone)")
+    p.add_argument("--auto", action="store_true",
+                   help="with --adapter trained with auto.enabled: adds click count 0, the automatic masks of its class prompts (docs/auto.md)")
     p.add_argument("--tokenizer", metavar="DIR", help="SegVol: CLIP tokenizer folder for --text (default: CLIP's, built in)")
     p.add_argument("--spacing", type=_spacing, metavar="MM",
                    help="working voxel spacing in mm, one value or three (default: the core's own, from its checkpoint)")
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     out = run_evaluation(
         core=args.core, core_type=args.core_type, adapter=args.adapter, domain=domain, options=options, protocol=args.protocol,
         out=Path(args.out), core_description=args.core_description, overwrite=args.overwrite,
-        save_predictions=not args.no_predictions, device=args.device,
+        save_predictions=not args.no_predictions, device=args.device, **({"auto": True} if args.auto else {}),
     )
     from adapt3d.summary import print_summary
 

@@ -18,6 +18,7 @@ An existing --out is refused unless --overwrite.
 LoRA, DoRA and full fine-tuning merge exactly. Bottleneck adapters (adapter, adaptformer) add
 layers the original code does not have: then core+adapter weights are written in adapt3d
 format instead (<name>.adapt3d.safetensors beside --out), and a note says so.
+An adapter's learned class prompts (auto.enabled) are written beside as <name>.class_prompts.safetensors.
 
 example:
   adapt3d export --core sam_med3d_turbo.pth --adapter runs/mr_lora/adapter --out merged.pth
@@ -51,7 +52,13 @@ def run(args: argparse.Namespace) -> int:
     fmt = format_for(args.out, FORMATS.get(args.format))
     model = load_model(args.core, core_type=args.core_type, adapter=args.adapter, allow_other_core=args.allow_other_core)
     refuse_existing(export_path(model, args.out), overwrite=args.overwrite)
+    from adapt3d.auto.prompts import plan_prompts_export
+
+    # the adapter's class prompts (adapt3d.auto) travel with the weights; checked before writing
+    write_prompts = plan_prompts_export(args.adapter, export_path(model, args.out), overwrite=args.overwrite)
     result = export_merged(model, args.out, fmt=fmt)
+    if write_prompts is not None:
+        print(write_prompts())
     if result.merged:
         print(result.message)
     else:

@@ -43,6 +43,11 @@ example:
       --point 130,90,61 --negative 140,100,60 --out liver.nii.gz
   adapt3d predict --core sam_med3d_turbo.pth --image brain_mr.nii.gz --point 180,120,14 \\
       --resample inplane --out tumour.nii.gz
+  adapt3d predict --auto --core demo_core.safetensors --adapter runs/cord/adapter --image t2.nii.gz --out cord.nii.gz
+
+--auto (adapters trained with auto.enabled: true, docs/auto.md) needs no click: windows tile the
+whole volume, each class's learned prompt alone segments it, and one label map (the training
+dataset's label values; 0 where no class reaches probability 0.5) is written on the input grid.
 """
 
 
@@ -71,6 +76,8 @@ def check_output(out: str, overwrite: bool) -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from adapt3d.auto.cli import add_arguments as auto_arguments
+
     p._negative_number_matcher = _NEGATIVE_VALUES  # "--point -1,53,5" is a value (see above)
     p.add_argument("--core", required=True, metavar="CKPT", help="core checkpoint (.pth official format, state dict, or .safetensors)")
     p.add_argument("--core-type", default="sam-med3d", help="core architecture (default: sam-med3d)")
@@ -88,9 +95,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-windows", type=int, default=27, metavar="N", help="window budget of --mode whole (default: 27)")
     p.add_argument("--overlap", type=float, default=0.25, help="overlap of neighbouring windows, fraction (default: 0.25)")
     p.add_argument("--text", metavar="NAME", help="class name as a text prompt, for cores that take text (SegVol), e.g. liver")
+    auto_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from adapt3d.auto.cli import run_auto
     from adapt3d.data.imageio import load_volume, save_volume
     from adapt3d.errors import ConfigError
     from adapt3d.infer.predictor import check_inside
@@ -98,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     from adapt3d.infer.strategies import PredictRequest, check_request
     from adapt3d.infer.whole_volume import WholeVolumeConfig
 
+    if args.auto:  # learned class prompts, no click (adapt3d.auto)
+        return run_auto(args)
     if not args.point:
         raise ConfigError("give at least one --point (a positive click inside the object)")
     out = check_output(args.out, args.overwrite)

@@ -143,13 +143,16 @@ class SamCore(nn.Module):
         mask_logits: torch.Tensor | None = None,
         multimask_output: bool = False,
         boxes: torch.Tensor | None = None,
+        prompt_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res mask logits (B, 1 or 3, S/4, …) and IoU predictions.
 
         As for every adapt3d core, ``points`` (B, N, dims) are pixel or voxel indices of the model
         input in array order, ``labels`` (B, N) 1 positive / 0 negative / -1 padding;
         ``mask_logits`` (B, 1, S/4, …) are the previous low-res logits, fed back; ``boxes``
-        (B, 2·dims) are (first corner, last corner), for cores with box embeddings (2D SAM).
+        (B, 2·dims) are (first corner, last corner), for cores with box embeddings (2D SAM);
+        ``prompt_tokens`` (B, T, prompt_dim) are appended to the sparse prompt embeddings (learned
+        class prompts, :mod:`adapt3d.auto`; alone they make an automatic prompt).
         """
         dims = self.spatial_dims
         sparse, dense = self.prompt_encoder(
@@ -157,4 +160,8 @@ class SamCore(nn.Module):
             boxes=None if boxes is None else self.prompt_coords(boxes.view(-1, 2, dims)).reshape(-1, 2 * dims),
             masks=mask_logits,
         )
+        if prompt_tokens is not None:
+            bs = max(sparse.shape[0], prompt_tokens.shape[0])
+            sparse = torch.cat([sparse.expand(bs, -1, -1), prompt_tokens.to(sparse.dtype).expand(bs, -1, -1)], dim=1)
+            dense = dense.expand(bs, *dense.shape[1:])
         return run_mask_decoder(self, embeddings, sparse, dense, multimask_output)

@@ -50,7 +50,10 @@ def evaluate_model(
     predictions_dir: Path | None = None,
     run_dir: Path | None = None,
     desc: str | None = None,
+    auto=None,
 ) -> dict:
-    """The EVAL record of ``items`` by the N-click evaluator of ``model``'s contract."""
+    """The EVAL record of ``items`` by the N-click evaluator of ``model``'s contract (``auto``: the
+    automatic masks of learned class prompts, :mod:`adapt3d.auto`, for evaluators that take them)."""
     evaluate = EVALUATORS.get(core_spec(model).contract.evaluation).evaluate
-    return evaluate(model, items, modality, protocol, predictions_dir=predictions_dir, run_dir=run_dir, desc=desc)
+    extra = {} if auto is None else {"auto": auto}
+    return evaluate(model, items, modality, protocol, predictions_dir=predictions_dir, run_dir=run_dir, desc=desc, **extra)

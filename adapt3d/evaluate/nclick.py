@@ -10,6 +10,7 @@ the input grid and scored there (Dice, NSD in mm), so metrics are on the origina
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,16 +92,23 @@ def evaluate_items(
     predictions_dir: Path | None = None,
     run_dir: Path | None = None,
     desc: str | None = None,
+    auto: Callable[[Item, PreparedCase], np.ndarray | None] | None = None,
 ) -> dict:
-    """Run the protocol on ``items``; the EVAL record of the run schema (summary, per class, per case)."""
+    """Run the protocol on ``items``; the EVAL record of the run schema (summary, per class, per case).
+
+    ``auto`` (adapt3d.auto.evaluate.AutoMasks) adds click count 0: an item's input-grid automatic
+    mask, or None for a class it has no prompt for."""
 
     def segment(item: Item) -> CaseResult:
         prepared = prepare_case(item.case, modality, tuple(protocol.target_spacing))
         masks = segment_item(model, prepared, item, modality, protocol)
+        automatic = None if auto is None else auto(item, prepared)
+        masks = masks if automatic is None else {0: automatic, **masks}
         return masks, prepared.input_label == item.class_id, prepared.input_image, {}
 
+    scored = protocol if auto is None else dataclasses.replace(protocol, clicks=(0, *protocol.clicks))
     return evaluate_each(
-        model, items, segment, protocol, desc=desc or "evaluate", predictions_dir=predictions_dir, run_dir=run_dir
+        model, items, segment, scored, desc=desc or "evaluate", predictions_dir=predictions_dir, run_dir=run_dir
     )
 
 
@@ -172,7 +180,7 @@ def summarise_records(per_case: list[dict], clicks: Sequence[int]) -> dict:
     """Mean ± sd over items, overall and per class, at each click count."""
     def block(records: list[dict]) -> dict:
         return {
-            str(k): {m: summarise(r[m][str(k)] for r in records) for m in ("dice", "nsd")} for k in clicks
+            str(k): {m: summarise(r[m][str(k)] for r in records if str(k) in r[m]) for m in ("dice", "nsd")} for k in clicks
         }
 
     classes = sorted({r["class"] for r in per_case})

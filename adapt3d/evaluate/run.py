@@ -19,7 +19,7 @@ from adapt3d.data.domain_config import DomainSection
 from adapt3d.data.domains import load_domain
 from adapt3d.evaluate.cvpr25_run import Cvpr25Protocol, evaluate_items_cvpr25
 from adapt3d.evaluate.evaluators import Evaluator, core_evaluator
-from adapt3d.evaluate.nclick import Protocol
+from adapt3d.evaluate.nclick import Protocol, evaluate_items
 from adapt3d.infer.session import load_model
 from adapt3d.registry import Registry
 from adapt3d.run_record import run_record
@@ -71,26 +71,33 @@ def run_evaluation(
     overwrite: bool = False,
     save_predictions: bool = True,
     device: str = "cpu",
+    auto: bool = False,
 ) -> Path:
     """Evaluate the frozen core (``before``) and, with ``adapter``, the adapted model (``after``).
 
     ``protocol`` names the protocol (``nclick``, ``cvpr25``) and ``options`` are its settings
     (:func:`make_protocol`); their ``target_spacing`` and
     ``normalization`` default to the core's own preprocessing (``model.preprocessing``).
+    ``auto``: the adapted model's automatic masks from the adapter's class prompts as click count 0.
     """
     started, t0 = now(), time.time()
     evaluate_fn = evaluator_for(core_type, protocol).evaluate
     seed = make_protocol(core_type, protocol, **options).seed  # bad options fail before any data or model is read
+    if auto:  # adapt3d.auto: checked before any data or model is read
+        from adapt3d.auto.evaluate import AutoMasks, evaluation_prompts
+        prompts = evaluation_prompts(adapter, evaluate_fn is evaluate_items)
     dom = load_domain(domain, "target", seed=seed, all_test=True)
     model = load_model(core, core_type=core_type, adapter=adapter, device=device)
     name, protocol = protocol, core_protocol(core_type, model.preprocessing, options, protocol)
     used = dataclasses.replace(model.preprocessing, normalization=protocol.normalization, spacing=(
         tuple(protocol.target_spacing) if model.preprocessing.spacing is not None or "target_spacing" in options else None))
     fingerprint = model.fingerprint if adapter is not None else None
+    auto_masks = AutoMasks(model, prompts, protocol, dom.modality) if auto else None
     with one_shot_run_dir(out, overwrite=overwrite) as work:  # <out>.partial until finished
         def evaluate(m, stage: str) -> dict:
             pred_dir = work / "predictions" / dom.name / stage if save_predictions else None
-            return evaluate_fn(m, dom.split.test, dom.modality, protocol, predictions_dir=pred_dir, run_dir=work, desc=f"{stage}: {dom.name}")
+            extra = {"auto": auto_masks} if auto_masks is not None and stage == "after" else {}
+            return evaluate_fn(m, dom.split.test, dom.modality, protocol, predictions_dir=pred_dir, run_dir=work, desc=f"{stage}: {dom.name}", **extra)
 
         if adapter is None:
             before, after = evaluate(model, "before"), None

@@ -43,6 +43,17 @@ def _n(before: dict | None, after: dict | None) -> str:
     return DASH if not ns else ns[0] if len(set(ns)) == 1 else "/".join(ns)
 
 
+def click_counts(run: Run) -> list[int]:
+    """The run's click counts, with 0 first where an evaluation has automatic masks (adapt3d.auto)."""
+    auto = any("0" in (dom.get(s) or {}).get("summary", {}) for dom in run.domains.values() for s in STAGES)
+    return sorted(set(run.clicks) | ({0} if auto else set()))
+
+
+def click_label(k: int) -> str:
+    """A click count as a table shows it: 0 is the automatic mask of the class prompts."""
+    return "0 (auto)" if k == 0 else str(k)
+
+
 def merged_domains(runs: list[Run]) -> dict[str, dict]:
     """Domain name → metadata over all runs (first run's fields; simulated/silver flags OR-ed)."""
     merged: dict[str, dict] = {}
@@ -59,10 +70,10 @@ def results_table(run: Run) -> Table:
     """Domains × clicks, before and after adaptation, for one run."""
     rows = []
     for name, dom in run.domains.items():
-        for k in run.clicks:
+        for k in click_counts(run):
             b, a = (stat(dom[s], k, "dice") for s in STAGES)
             nb, na = (stat(dom[s], k, "nsd") for s in STAGES)
-            rows.append([domain_label(name, dom), str(k), fmt_stat(b), fmt_stat(a), _delta(b, a), fmt_stat(nb), fmt_stat(na), _n(b, a)])
+            rows.append([domain_label(name, dom), click_label(k), fmt_stat(b), fmt_stat(a), _delta(b, a), fmt_stat(nb), fmt_stat(na), _n(b, a)])
     columns = ["domain", "clicks", "Dice before", "Dice after", "Δ Dice", "NSD before", "NSD after", "n"]
     caption = f"{run.label}: Dice and NSD ×100 (NSD tolerance {run.metrics.get('nsd_tolerance_mm', '?')} mm), mean ± sd over n case × class pairs."
     return Table(columns, rows, caption, numeric={1, 2, 3, 4, 5, 6, 7})
@@ -71,7 +82,7 @@ def results_table(run: Run) -> Table:
 def comparison_table(runs: list[Run]) -> tuple[Table, list[Note]]:
     """Runs side by side: "after" Dice per run, with the "before" baseline (shared when identical)."""
     domains = merged_domains(runs)
-    clicks = sorted({k for r in runs for k in r.clicks})
+    clicks = sorted({k for r in runs for k in click_counts(r)})
     keys = [(d, k) for d in domains for k in clicks]
     befores = {key: [stat(r.domains[key[0]]["before"], key[1], "dice") if key[0] in r.domains else None for r in runs] for key in keys}
     shared = all(len({_fingerprint(s) for s in values if s is not None}) <= 1 for values in befores.values())
@@ -95,7 +106,7 @@ def comparison_table(runs: list[Run]) -> tuple[Table, list[Note]]:
             cells = [fmt_stat(s) for s in before]
         scored = [(s["mean"], r.label) for s, r in zip(afters, runs) if s is not None and s.get("mean") is not None]
         best = max(scored)[1] if scored else DASH
-        rows.append([domain_label(d, domains[d]), str(k)] + cells + [fmt_stat(s) for s in afters] + [best])
+        rows.append([domain_label(d, domains[d]), click_label(k)] + cells + [fmt_stat(s) for s in afters] + [best])
     caption = "Dice ×100 (mean ± sd) of each run after adaptation, against the frozen core before adaptation."
     return Table(columns, rows, caption, numeric=set(range(1, len(columns) - 1))), notes
 

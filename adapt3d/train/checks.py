@@ -123,7 +123,7 @@ def check_experiment(cfg: ExperimentConfig) -> list[str]:
                                     f"valid: {', '.join(valid)} (or a glob over module names)")
     if cfg.core.checkpoint and not Path(cfg.core.checkpoint).is_file():
         problems.append(f"core.checkpoint: {cfg.core.checkpoint}: checkpoint not found")
-    if cfg.adapter.method == "none":
+    if cfg.adapter.method == "none" and not cfg.auto.enabled:  # with auto: the class prompts alone train
         problems.append("adapter.method: none trains nothing (use 'adapt3d evaluate' for the frozen core)")
     _domain(problems, "data.target", cfg.data.target, required=True)
     _domain(problems, "data.reference", cfg.data.reference, required=False)

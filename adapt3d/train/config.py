@@ -131,6 +131,16 @@ class PseudoLabelSection:
 
 
 @dataclass(frozen=True)
+class AutoSection:
+    """Learned class prompts for automatic segmentation (adapt3d.auto; docs/auto.md)."""
+
+    enabled: bool = False
+    tokens_per_class: int = setting(1, ge=1, help="learned sparse prompt tokens per class, in the decoder's prompt space")
+    random_crops: int = setting(1, ge=0, help="extra crops per sample placed anywhere in the volume (mostly background), class prompt only")
+    weight: float = setting(1.0, gt=0.0, help="weight of the automatic rounds' loss next to the mean click-round loss")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = setting("run", help="run name: the run directory is <output_dir>/<name>")
     seed: int = 0
@@ -143,6 +153,7 @@ class ExperimentConfig:
     retention: RetentionSection = setting(factory=RetentionSection)
     context_head: ContextHeadSection = setting(factory=ContextHeadSection)
     pseudolabel: PseudoLabelSection = setting(factory=PseudoLabelSection)
+    auto: AutoSection = setting(factory=AutoSection)
 
     @property
     def run_dir(self) -> Path:

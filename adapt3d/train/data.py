@@ -45,7 +45,6 @@ class CropDataset(Dataset):
         if not items:
             raise ValueError("no training items")
         self.items = items
-        self.class_names = sorted({i.class_name for i in items})
         self.modality = modality
         self.size = size
         self.shape = np.array(tuple(size) if isinstance(size, (tuple, list)) else (size,) * 3)
@@ -57,6 +56,7 @@ class CropDataset(Dataset):
         self.seed = seed
         self.samples_per_item = samples_per_item
         self.jitter = jitter
+        self.class_names = tuple(sorted({i.class_name for i in items}))  # a sample's class_index indexes these
         self.augment = (
             Compose(
                 [

@@ -31,13 +31,15 @@ class AdaptModule(L.LightningModule):
         self.preserve = preserve  # CT preservation (train/preserve.py): callable(module) -> (loss, logs)
         self.strict_loading = False
         self.seg_enabled = True  # False during a context-only pre-adaptation stage
+        self.auto = None  # learned class prompts (adapt3d.auto.training.AutoTraining): a first round without clicks
         self.loss_history: list[dict] = []
         if train.grad_checkpointing and hasattr(model.core, "image_encoder"):
             model.core.image_encoder.grad_checkpointing = True
 
-    def segmentation_loss(self, emb: torch.Tensor, batch: dict, rng: np.random.Generator) -> torch.Tensor:
-        """The recipe's mean loss over its rounds on encoded crops (``batch``: label, known, class_index)."""
-        return self.recipe.step(self.model, emb, batch, rng, self.step_context)
+    def segmentation_loss(self, emb: torch.Tensor, batch: dict, rng: np.random.Generator, start: torch.Tensor | None = None) -> torch.Tensor:
+        """The recipe's mean loss over its rounds on encoded crops (``batch``: label, known, class_index);
+        ``start``: low-res logits of an automatic first round, the first clicks' mask prompt and error."""
+        return self.recipe.step(self.model, emb, batch, rng, self.step_context, start)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         torch.manual_seed(self.seed * 1_000_003 + self.global_step)  # dropout: same per step, resumed or not
@@ -46,7 +48,8 @@ class AdaptModule(L.LightningModule):
         logs = {}
         if self.seg_enabled:
             emb = self.model.encode(batch["image"])
-            loss = self.segmentation_loss(emb, batch, rng)
+            auto_loss, start = (0.0, None) if self.auto is None else self.auto.step(self.model, emb, batch, logs)
+            loss = self.segmentation_loss(emb, batch, rng, start) + auto_loss
             logs["train/seg_loss"] = loss.detach()
         if self.extra_loss is not None:
             extra, extra_logs = self.extra_loss(self, batch)
@@ -69,6 +72,8 @@ class AdaptModule(L.LightningModule):
             head = [p for p in self.extra_loss.parameters() if p.requires_grad]
             if head:
                 groups.append({"params": head, "weight_decay": self.cfg.weight_decay})
+        if self.auto is not None:
+            groups.append({"params": list(self.auto.parameters()), "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(self.cfg.warmup_steps, total - 1) if total > 1 else 0

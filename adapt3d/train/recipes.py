@@ -23,7 +23,7 @@ import torch
 
 from adapt3d.data.items import Item
 from adapt3d.prompts.device_clicks import TrainingClicks
-from adapt3d.prompts.loop import ClickLoop
+from adapt3d.prompts.loop import ClickLoop, upsampled
 from adapt3d.registry import Registry
 from adapt3d.train.config import TrainSection
 from adapt3d.train.data import CropDataset
@@ -39,8 +39,9 @@ class StepContext:
     class_names: Sequence[str]
 
 
-#: (model, image embeddings, batch, rng, context) → mean loss over the step's rounds.
-StepLoss = Callable[[torch.nn.Module, torch.Tensor, dict, np.random.Generator, StepContext], torch.Tensor]
+#: (model, image embeddings, batch, rng, context, start) → mean loss over the step's rounds; ``start``:
+#: low-res logits of an automatic first round (adapt3d.auto), or None.
+StepLoss = Callable[[torch.nn.Module, torch.Tensor, dict, np.random.Generator, StepContext, "torch.Tensor | None"], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,13 @@ def _clicks(batch: dict, ctx: StepContext, rng: np.random.Generator) -> Training
     return TrainingClicks(ctx.train.click_simulator, (batch["label"][:, 0] > 0.5) & visible, visible, rng)
 
 
-def click_rounds(model, emb: torch.Tensor, batch: dict, rng: np.random.Generator, ctx: StepContext) -> torch.Tensor:
-    """SAM-Med3D's rounds: a click at the current error each round, the previous logits fed back."""
-    clicks, loop = _clicks(batch, ctx, rng), ClickLoop(model, emb, detach=True)
-    pred, total = None, 0.0
+def click_rounds(model, emb: torch.Tensor, batch: dict, rng: np.random.Generator, ctx: StepContext,
+                 start: torch.Tensor | None = None) -> torch.Tensor:
+    """SAM-Med3D's rounds: a click at the current error each round, the previous logits fed back
+    (from ``start``, an automatic round's logits, when given: the first click goes to its error)."""
+    clicks, loop = _clicks(batch, ctx, rng), ClickLoop(model, emb, detach=True, start="zeros" if start is None else start)
+    pred = None if start is None else upsampled(model, start.detach())[:, 0] > 0
+    total = 0.0
     for _ in range(ctx.train.click_rounds):
         loop.step(*clicks.step(pred))
         full = loop.upsampled()
@@ -99,8 +103,10 @@ def object_boxes(label: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-def prompt_rounds(model, emb: torch.Tensor, batch: dict, rng: np.random.Generator, ctx: StepContext) -> torch.Tensor:
-    """SegVol's rounds: the class name as text with, per round, the box, the clicks so far or nothing."""
+def prompt_rounds(model, emb: torch.Tensor, batch: dict, rng: np.random.Generator, ctx: StepContext,
+                  start: torch.Tensor | None = None) -> torch.Tensor:
+    """SegVol's rounds: the class name as text with, per round, the box, the clicks so far or nothing
+    (no mask feedback, so an automatic round's ``start`` is not used)."""
     text = [ctx.class_names[int(i)].replace("_", " ") for i in batch["class_index"]]
     boxes = object_boxes(batch["label"], batch["known"])
     clicks, loop = _clicks(batch, ctx, rng), ClickLoop(model, emb)

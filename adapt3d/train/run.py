@@ -71,10 +71,11 @@ def protocol_of(cfg: ExperimentConfig, core) -> Protocol:
     }, "eval.options")
 
 
-def _evaluate(model, domain: Domain, protocol: Protocol, run_dir: Path, stage: str, save: bool) -> dict:
+def _evaluate(model, domain: Domain, protocol: Protocol, run_dir: Path, stage: str, save: bool, auto=None) -> dict:
     out = run_dir / "predictions" / domain.name / stage if save else None
     return evaluate_model(
-        model, domain.split.test, domain.modality, protocol, predictions_dir=out, run_dir=run_dir, desc=f"{stage}: {domain.name}"
+        model, domain.split.test, domain.modality, protocol, predictions_dir=out, run_dir=run_dir, desc=f"{stage}: {domain.name}",
+        auto=auto,
     )
 
 
@@ -188,6 +189,10 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
     )
     trainer = _trainer(cfg, run_dir, label="adapting", log_version="", callbacks=[monitor, checkpoints, *callbacks],
                        max_epochs=cfg.train.epochs)
+    if cfg.auto.enabled:  # learned class prompts, trained with the adapter (adapt3d.auto)
+        from adapt3d.auto.training import auto_training
+        module.auto, dataset = auto_training(dataset, core, tokens_per_class=cfg.auto.tokens_per_class,
+                                             random_crops=cfg.auto.random_crops, weight=cfg.auto.weight, seed=cfg.seed)
     sampler = EpochSampler(len(dataset), cfg.seed, rank=trainer.global_rank, world=trainer.world_size)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=cfg.train.num_workers,
                         pin_memory=trainer.strategy.root_device.type == "cuda")  # asynchronous host→GPU copies
@@ -198,7 +203,8 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
         return False
 
     model.set_trainable(None)
-    after = {target.name: _evaluate(model, target, protocol, run_dir, "after", save)}
+    auto = None if module.auto is None else module.auto.evaluator(model, protocol, target.modality)  # "0 clicks (auto)"
+    after = {target.name: _evaluate(model, target, protocol, run_dir, "after", save, auto)}
     if reference:
         after[reference.name] = _evaluate(model, reference, protocol, run_dir, "after", save)
     domains = {d.name: {**d.record(), "before": before[d.name], "after": after[d.name]} for d in (target, reference) if d}
@@ -216,6 +222,8 @@ def _run(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, callbacks: tuple
         "metrics": card_metrics(domains, target.name, protocol, retention),
     }
     save_adapter(model, run_dir / "adapter", info=info, overwrite=True)
+    if module.auto is not None:
+        module.auto.save(run_dir / "adapter")  # class_prompts.safetensors beside the adapter
     size = (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size
     write_retention_csv(run_dir / "retention.csv", monitor.history, frozen)
     data_hashes = {d.dataset.name: domains[d.name]["data_hash"] for d in (target, reference) if d}
