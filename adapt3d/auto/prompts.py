@@ -9,7 +9,6 @@ class names and their label values in the safetensors metadata (JSON; no pickle)
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from adapt3d.atomic import atomic_file, refuse_existing
+from adapt3d.cores import core_spec
 from adapt3d.errors import CheckpointError, ConfigError, InputError
 
 #: File name of the class prompts inside an adapter directory.
@@ -128,8 +128,9 @@ def load_class_prompts(path: str | os.PathLike) -> ClassPrompts:
 def check_prompts_fit(prompts: ClassPrompts, model: nn.Module, where: str) -> None:
     """:class:`ConfigError` unless ``model`` is a SAM-style core (or adapted one) taking these tokens."""
     core = getattr(model, "core", model)
-    if "prompt_tokens" not in inspect.signature(core.decode).parameters:
-        raise ConfigError(f"{where}: the {getattr(core, 'core_name', type(core).__name__)} core has no prompt-token slot; "
+    spec = core_spec(core)
+    if not spec.contract.takes("tokens"):
+        raise ConfigError(f"{where}: the {spec.name} core takes no prompt tokens (its contract); "
                           "automatic segmentation supports SAM-style cores (sam-med3d)")
     dim = int(core.config.prompt_dim)
     if prompts.prompt_dim != dim:

@@ -2,7 +2,7 @@
 
 Per training step and crop, a first round prompts the decoder with the crop's class prompt and no
 click (no mask prompt either); its logits are the mask prompt of the click rounds that follow
-(:meth:`adapt3d.train.module.AdaptModule.click_rounds`), so one model serves automatic and
+(the contract's training recipe, :mod:`adapt3d.train.recipes`), so one model serves automatic and
 interactive use, and clicks learn to correct an automatic result.
 
 The object-centred training crops always hold the object, but automatic inference slides over

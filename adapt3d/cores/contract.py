@@ -5,7 +5,9 @@ A verb never asks which core it holds; it reads the core's contract:
 - ``preprocessing``: the released model's input (window size follows the architecture, spacing or
   None for cores that work at the input's own spacing, intensity normalisation);
 - ``prompts``: which prompt kinds ``decode`` takes (:data:`PROMPT_KINDS`); ``mask`` means it takes
-  the previous low-res logits back (mask feedback), ``text`` a class name;
+  the previous low-res logits back (mask feedback), ``text`` a class name, ``tokens`` learned
+  prompt tokens in the decoder's prompt space (``prompt_tokens=``, the class prompts of
+  :mod:`adapt3d.auto`);
 - ``inference`` (optional): how a whole volume is segmented from prompts (a name in
   :data:`adapt3d.infer.strategies.INFERENCE`: SAM-Med3D's windows grown from the clicks, SegVol's
   zoom-out-zoom-in, 2D SAM's slices);
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from adapt3d.cores.preprocessing import Preprocessing
 
 #: Prompt kinds a core's ``decode`` may take.
-PROMPT_KINDS = ("points", "boxes", "mask", "text")
+PROMPT_KINDS = ("points", "boxes", "mask", "text", "tokens")
 
 
 @dataclass(frozen=True)

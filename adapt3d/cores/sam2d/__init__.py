@@ -36,7 +36,7 @@ SPEC = register_core(
         to_official=lambda state, meta: dict(state),
         contract=CoreContract(
             preprocessing=Preprocessing(image_size=1024, spacing=None, normalization="sam2d"),  # native slices, SAM pixel mean/std
-            prompts=frozenset({"points", "boxes", "mask"}),
+            prompts=frozenset({"points", "boxes", "mask", "tokens"}),
             evaluation="slicewise",  # the N-click protocol on the object's slices (a 2D baseline: not trained, no predict)
         ),
     )

@@ -19,7 +19,7 @@ SPEC = register_core(
         to_official=lambda state, meta: {"model_state_dict": state, "adapt3d": meta},
         contract=CoreContract(
             preprocessing=Preprocessing(image_size=128, spacing=(1.5, 1.5, 1.5), normalization="sam-med3d"),
-            prompts=frozenset({"points", "mask"}),
+            prompts=frozenset({"points", "mask", "tokens"}),
             inference="windows",  # crops grown from the clicks, with propagation (adapt3d.infer.whole_volume)
             evaluation="crop",  # one crop centred on the first click, mask feedback (adapt3d.evaluate.nclick)
             training="click-rounds",  # SAM-Med3D's iterative click rounds with mask feedback
