@@ -23,11 +23,12 @@ from adapt3d.auto.prompts import (
 from adapt3d.auto.training import auto_round, auto_training
 from adapt3d.cli import main
 from adapt3d.cores import save_core
+from adapt3d.data.domain_config import DomainSection
+from adapt3d.data.domains import load_domain
 from adapt3d.data.imageio import load_volume
 from adapt3d.infer.whole_volume import WholeVolumeConfig, WholeVolumePredictor
-from adapt3d.train.config import DomainSection, TrainSection, load_experiment
+from adapt3d.train.config import TrainSection, load_experiment
 from adapt3d.train.data import CropDataset
-from adapt3d.train.domains import load_domain
 from adapt3d.train.module import AdaptModule
 from adapt3d.train.run import run_adaptation
 from adapt3d.tuners import AdapterConfig, add_adapters, load_adapter
