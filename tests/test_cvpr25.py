@@ -267,7 +267,7 @@ def test_segvol_takes_the_box_natively():
               "clicks_order": [["fg", "bg"]]}
     segs = predictor(inputs, "MR")
     assert segs.shape == imgs.shape and segs.dtype == np.uint8 and set(np.unique(segs)) <= {0, 1}
-    assert predictor.description.startswith("segvol: native 3D box")
+    assert predictor.description.startswith("zoom: native 3D box")  # the strategy of SegVol's contract
 
 
 def test_crop_sampling_matches_whole_volume_resampling():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -41,19 +41,10 @@ def core_evaluator(core_type: str) -> Evaluator:
     return EVALUATORS.get(CORES.get(core_type).contract.evaluation)
 
 
-def evaluate_model(
-    model: nn.Module,
-    items: Sequence[Item],
-    modality: str,
-    protocol: Protocol,
-    *,
-    predictions_dir: Path | None = None,
-    run_dir: Path | None = None,
-    desc: str | None = None,
-    auto=None,
-) -> dict:
-    """The EVAL record of ``items`` by the N-click evaluator of ``model``'s contract (``auto``: the
-    automatic masks of learned class prompts, :mod:`adapt3d.auto`, for evaluators that take them)."""
-    evaluate = EVALUATORS.get(core_spec(model).contract.evaluation).evaluate
-    extra = {} if auto is None else {"auto": auto}
-    return evaluate(model, items, modality, protocol, predictions_dir=predictions_dir, run_dir=run_dir, desc=desc, **extra)
+def evaluate_model(model: nn.Module, items: Sequence[Item], modality: str, protocol: Protocol, **options: Any) -> dict:
+    """The EVAL record of ``items`` by the N-click evaluator of ``model``'s contract; ``options`` are
+    the evaluators' keywords (``predictions_dir``, ``run_dir``, ``desc``; ``auto``: the automatic
+    masks of learned class prompts, :mod:`adapt3d.auto`, passed only when given)."""
+    if options.get("auto", True) is None:
+        options.pop("auto")
+    return EVALUATORS.get(core_spec(model).contract.evaluation).evaluate(model, items, modality, protocol, **options)
