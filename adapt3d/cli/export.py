@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from adapt3d.atomic import refuse_existing
+    from adapt3d.auto.prompts import plan_prompts_export
     from adapt3d.errors import ConfigError
     from adapt3d.infer.session import load_model
     from adapt3d.tuners import export_merged
@@ -52,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
     fmt = format_for(args.out, FORMATS.get(args.format))
     model = load_model(args.core, core_type=args.core_type, adapter=args.adapter, allow_other_core=args.allow_other_core)
     refuse_existing(export_path(model, args.out), overwrite=args.overwrite)
-    from adapt3d.auto.prompts import plan_prompts_export
-
     # the adapter's class prompts (adapt3d.auto) travel with the weights; checked before writing
     write_prompts = plan_prompts_export(args.adapter, export_path(model, args.out), overwrite=args.overwrite)
     result = export_merged(model, args.out, fmt=fmt)
