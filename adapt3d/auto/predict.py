@@ -19,10 +19,9 @@ working-grid array per class (blended logits) plus two input-grid arrays (best p
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +34,7 @@ from tqdm import tqdm
 from adapt3d.auto.prompts import ClassPrompts
 from adapt3d.data.imageio import Volume
 from adapt3d.data.preprocess import Window, from_working_grid, normalise
+from adapt3d.evaluate.nclick import eval_mode
 from adapt3d.infer.whole_volume import (
     BLEND_WEIGHTS,
     WholeVolumeConfig,
@@ -80,16 +80,6 @@ def lattice_windows(shape: Sequence[int], size: int, stride: int) -> list[Window
     return [Window(tuple(start), size) for start in itertools.product(*axes)]  # type: ignore[arg-type]
 
 
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
-
-
 @torch.no_grad()
 def blended_class_logits(
     model: nn.Module, prompts: ClassPrompts, prepared: WorkingVolume, indices: Sequence[int], config: WholeVolumeConfig
@@ -131,7 +121,7 @@ def predict_working(
     returned on its input grid (``prepared.grid``)."""
     t0 = time.time()
     indices = prompts.indices(classes)
-    with _eval_mode(model):
+    with eval_mode(model):
         logits, n_windows = blended_class_logits(model, prompts, prepared, indices, config)
     names = tuple(prompts.class_names[i] for i in indices)
     values = tuple(prompts.label_values[i] for i in indices)

@@ -36,7 +36,7 @@ from adapt3d.errors import ConfigError
 from adapt3d.evaluate.cvpr25 import N_CLICKS, run_case
 from adapt3d.evaluate.cvpr25_predict import NpzPredictor
 from adapt3d.evaluate.metrics import summarise
-from adapt3d.evaluate.nclick import Protocol, _eval_mode
+from adapt3d.evaluate.nclick import Protocol, eval_mode
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def evaluate_items_cvpr25(
     for item in items:
         by_case.setdefault(item.case.case_id, []).append(item)
     images, per_case = [], []
-    mode = _eval_mode(model) if model is not None else contextlib.nullcontext()
+    mode = eval_mode(model) if model is not None else contextlib.nullcontext()
     with mode:
         for case_items in tqdm(by_case.values(), desc=desc or "evaluate (cvpr25)", disable=None, leave=False):
             image_rec, class_recs = _evaluate_case(predictor, case_items, modality, protocol, predictions_dir, run_dir)

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from adapt3d.data.items import Item, PreparedCase, prepare_case
 from adapt3d.data.imageio import Volume, ending_of, save_volume
+from adapt3d.data.items import Item, PreparedCase, prepare_case
 from adapt3d.data.preprocess import centred_window, from_working_grid, normalise
 from adapt3d.evaluate.metrics import dice, nsd, summarise
 from adapt3d.prompts.clicks import CLICK_SIMULATORS, Click
@@ -125,7 +125,7 @@ def evaluate_each(
     """The EVAL record of ``items``, each segmented by ``segment`` and scored by :func:`case_record`
     at ``protocol.clicks``; the model runs in eval mode, its mode restored after."""
     per_case = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for item in tqdm(items, desc=desc, disable=None, leave=False):
             masks, gt, image, extra = segment(item)
             record = case_record(
@@ -137,7 +137,8 @@ def evaluate_each(
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run a block with ``model`` in eval mode; its mode is restored after."""
     was_training = model.training
     model.eval()
     try:

@@ -81,7 +81,3 @@ def check_request(model: nn.Module, req: PredictRequest) -> Strategy:
         raise ConfigError(f"--mode crop: core {spec.name!r} predicts by {contract.inference}, not by crops")
     return INFERENCE.get(contract.inference)
 
-
-def predict_volume(model: nn.Module, req: PredictRequest) -> tuple[np.ndarray, str]:
-    """A uint8 mask on the input grid for ``req`` by ``model``'s contract, and how it was made."""
-    return check_request(model, req)(model, req)

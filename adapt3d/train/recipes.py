@@ -51,7 +51,6 @@ class Recipe:
     step: StepLoss
     axes: tuple[int, int, int] = (0, 1, 2)  # crop axes in the core's array order (from RAS)
     normalize_volume: bool = False  # normalise the whole volume, not each crop
-    describe: str = ""
 
 
 RECIPES: Registry[Recipe] = Registry("training recipe")
@@ -122,8 +121,6 @@ def prompt_rounds(model, emb: torch.Tensor, batch: dict, rng: np.random.Generato
     return total / ctx.train.click_rounds
 
 
-RECIPES.register("click-rounds", Recipe(click_rounds, describe="click rounds with mask feedback (SAM-Med3D)"))
-RECIPES.register("prompt-rounds", Recipe(
-    prompt_rounds, axes=(2, 1, 0), normalize_volume=True,
-    describe="class-name text with a box, the clicks so far or nothing per round; no mask feedback (SegVol)",
-))
+RECIPES.register("click-rounds", Recipe(click_rounds))  # SAM-Med3D: click rounds with mask feedback
+# SegVol: class-name text with a box, the clicks so far or nothing per round, no mask feedback; its crops in (z, y, x)
+RECIPES.register("prompt-rounds", Recipe(prompt_rounds, axes=(2, 1, 0), normalize_volume=True))
