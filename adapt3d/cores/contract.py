@@ -52,8 +52,3 @@ class CoreContract:
         """Whether ``decode`` takes prompts of ``kind`` (one of :data:`PROMPT_KINDS`)."""
         return kind in self.prompts
 
-    def describe(self) -> str:
-        """One line for ``--help`` texts and reports."""
-        prompts = ", ".join(k for k in PROMPT_KINDS if k in self.prompts)
-        return (f"prompts: {prompts}; whole volume: {self.inference or 'no'}; evaluated by: {self.evaluation}; "
-                f"trained by: {self.training or 'no recipe'}; input: {self.preprocessing.describe()}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from adapt3d.cores import core_spec
+from adapt3d.cores import PROMPT_KINDS, core_spec
 from adapt3d.data.imageio import Volume
 from adapt3d.errors import ConfigError
 from adapt3d.registry import Registry
@@ -76,7 +76,8 @@ def check_request(model: nn.Module, req: PredictRequest) -> Strategy:
     if contract.inference is None:
         raise ConfigError(f"core {spec.name!r} has no whole-volume inference in its contract (evaluate it instead)")
     if req.text is not None and not contract.takes("text"):
-        raise ConfigError(f"--text: core {spec.name!r} takes no text prompts ({contract.describe()})")
+        prompts = ", ".join(k for k in PROMPT_KINDS if contract.takes(k))
+        raise ConfigError(f"--text: core {spec.name!r} takes no text prompts (its prompts: {prompts})")
     if req.mode == "crop" and contract.inference != "windows":
         raise ConfigError(f"--mode crop: core {spec.name!r} predicts by {contract.inference}, not by crops")
     return INFERENCE.get(contract.inference)
