@@ -51,4 +51,3 @@ class CoreContract:
     def takes(self, kind: str) -> bool:
         """Whether ``decode`` takes prompts of ``kind`` (one of :data:`PROMPT_KINDS`)."""
         return kind in self.prompts
-
