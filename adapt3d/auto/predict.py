@@ -125,19 +125,28 @@ def predict_working(
         logits, n_windows = blended_class_logits(model, prompts, prepared, indices, config)
     names = tuple(prompts.class_names[i] for i in indices)
     values = tuple(prompts.label_values[i] for i in indices)
+    labels, kept = label_map(logits, values, prepared, threshold, keep=probabilities)
+    return AutoPrediction(labels, prepared.grid.input_affine.copy(), names, values, n_windows, time.time() - t0,
+                          dict(zip(names, kept)) if probabilities else None)
+
+
+def label_map(logits: np.ndarray, label_values: Sequence[int], prepared: WorkingVolume,
+              threshold: float = 0.5, *, keep: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The input-grid label map of working-grid class logits (C, *shape): per voxel the value of the
+    most probable class if its probability exceeds ``threshold``, else 0; and, with ``keep``, each
+    class's input-grid probability (else an empty list)."""
     best = labels = None
-    kept: dict[str, np.ndarray] = {}
-    for c, (name, value) in enumerate(zip(names, values)):
+    probs = []
+    for c, value in enumerate(label_values):
         prob = from_working_grid(special.expit(logits[c]), prepared.grid, order=1).astype(np.float32, copy=False)
         if best is None:
             best = np.full(prob.shape, threshold, np.float32)
-            labels = np.zeros(prob.shape, np.uint8 if max(values) < 256 else np.uint16)
+            labels = np.zeros(prob.shape, np.uint8 if max(label_values) < 256 else np.uint16)
         wins = prob > best
         labels[wins], best[wins] = value, prob[wins]
-        if probabilities:
-            kept[name] = prob
-    return AutoPrediction(labels, prepared.grid.input_affine.copy(), names, values, n_windows, time.time() - t0,
-                          kept if probabilities else None)
+        if keep:
+            probs.append(prob)
+    return labels, probs
 
 
 def predict_auto(
