@@ -213,7 +213,10 @@ def test_export_carries_the_prompts_and_predict_uses_them(run_dir, core_path, tm
 @pytest.mark.parametrize("case,match", [
     ("unknown-class", "no class prompt for 'liver'"),
     ("no-prompts", "adapter has no class prompts"),
-    ("with-point", "--auto takes no --point"),
+    ("with-point", "needs --refine CLASS"),
+    ("refine-no-click", "give the correcting clicks"),
+    ("refine-unknown", "no class prompt for 'liver'"),
+    ("refine-outside", "lies outside the volume"),
     ("no-adapter", "--auto needs --adapter"),
 ])
 def test_predict_auto_refuses_bad_input(case, match, run_dir, core_path, tmp_path, capsys):
@@ -228,6 +231,12 @@ def test_predict_auto_refuses_bad_input(case, match, run_dir, core_path, tmp_pat
         adapter = save_adapter(tiny_model(core_path), tmp_path / "plain")
     elif case == "with-point":
         extra = ["--point", "4,4,4"]
+    elif case == "refine-no-click":
+        extra = ["--refine", "spinal_cord"]
+    elif case == "refine-unknown":
+        extra = ["--refine", "liver", "--point", "4,4,4"]
+    elif case == "refine-outside":
+        extra = ["--refine", "spinal_cord", "--negative", "4,4,400"]
     where = [] if case == "no-adapter" else ["--adapter", str(adapter)]
     rc = main(["predict", "--auto", "--core", str(core_path), *where, "--image", str(T2), "--out", str(out), *extra])
     err = capsys.readouterr().err.strip()
@@ -258,3 +267,61 @@ def test_evaluate_auto_adds_click_zero(run_dir, core_path, tmp_path, capsys):
     save_adapter(tiny_model(core_path), plain)
     assert main([*args[:4], str(plain), *args[5:-2], str(tmp_path / "e2"), "--auto"]) != 0
     assert "adapter has no class prompts" in capsys.readouterr().err and not (tmp_path / "e2").exists()
+
+
+def test_clicks_refine_an_automatic_mask_from_its_logits(core_path):
+    """Inside the click's window the result is the clicks' pass started from the automatic logits
+    (not from zeros), blended over the prior; elsewhere, and for the other classes, the automatic result stands."""
+    from torch.nn import functional as F
+
+    from adapt3d.auto.predict import blended_class_logits, predict_working
+    from adapt3d.auto.refine import PRIOR_WEIGHT, predict_refined, refine_logits
+    from adapt3d.data.preprocess import centred_window, normalise
+    from adapt3d.infer.whole_volume import BLEND_WEIGHTS
+
+    model = tiny_model(core_path, seed=1).eval()
+    prompts = ClassPrompts.for_core(model.core, ["a", "b"], [3, 7], 1, seed=4)
+    image = load_volume(T2)
+    config = WholeVolumeConfig(spacing=1.5, normalization="sam-med3d")
+    prepared = WholeVolumePredictor(model, config).prepare(image, "MR")
+    prior = blended_class_logits(model, prompts, prepared, [0, 1], config)[0][0]
+    click = (20.0, 18.0, 17.0)
+    refined, windows = refine_logits(model, prior, prepared, [click], [0], config)
+    window = centred_window(prepared.grid.to_working(np.asarray(click)), 32)
+    assert [w.start for w in windows] == [window.start]
+    with torch.no_grad():
+        emb = model.encode(torch.from_numpy(normalise(window.extract(prepared.work), "MR", "sam-med3d"))[None, None])
+        rel = torch.tensor(prepared.grid.to_working(np.asarray(click)) - np.asarray(window.start)).float().round()[None, None]
+
+        def corrected(start):
+            low, _ = model.decode(emb, rel, torch.zeros(1, 1, dtype=torch.long), mask_logits=start)
+            return F.interpolate(low, size=(32,) * 3, mode="trilinear", align_corners=False)[0, 0].numpy()
+
+        low = model.low_res_size
+        from_prior = corrected(F.avg_pool3d(torch.from_numpy(window.extract(prior))[None, None], 32 // low))
+        from_zeros = corrected(torch.zeros(1, 1, low, low, low))
+    assert np.abs(from_prior - from_zeros).max() > 1e-2  # the starting mask prompt matters on this core
+    w = BLEND_WEIGHTS.get("gaussian")(32)
+    in_volume, in_window = window.overlap(prior.shape)
+    expected = (PRIOR_WEIGHT * prior[in_volume] + w[in_window] * from_prior[in_window]) / (PRIOR_WEIGHT + w[in_window])
+    assert np.allclose(refined[in_volume], expected, atol=1e-4)
+    outside = np.ones(prior.shape, bool)
+    outside[in_volume] = False
+    assert outside.any() and np.allclose(refined[outside], prior[outside], rtol=1e-5, atol=1e-6)
+    auto = predict_working(model, prompts, prepared, config, probabilities=True)
+    both = predict_refined(model, prompts, prepared, config, "b", [click], [0], probabilities=True)
+    assert np.array_equal(both.probabilities["a"], auto.probabilities["a"])
+    assert not np.array_equal(both.probabilities["b"], auto.probabilities["b"])
+    assert both.labels.shape == image.shape and both.windows == auto.windows + 1
+
+
+def test_predict_auto_refine_cli(run_dir, core_path, tmp_path, capsys):
+    common = ["predict", "--auto", "--core", str(core_path), "--adapter", str(run_dir / "adapter"), "--image", str(T2),
+              "--spacing", "3"]
+    assert main([*common, "--out", str(tmp_path / "auto.nii.gz")]) == 0
+    assert main([*common, "--refine", "spinal_cord", "--point", "20,18,17", "--negative", "10,10,10",
+                 "--out", str(tmp_path / "refined.nii.gz")]) == 0
+    assert "spinal_cord refined by 2 clicks" in capsys.readouterr().out
+    auto, refined = (nib.load(str(tmp_path / n)) for n in ("auto.nii.gz", "refined.nii.gz"))
+    assert refined.shape == auto.shape and np.allclose(refined.affine, auto.affine)
+    assert set(np.unique(np.asarray(refined.dataobj))) <= {0, 1}
