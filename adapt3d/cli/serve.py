@@ -18,7 +18,9 @@ Every click reruns the whole-volume predictor on all clicks of the session (obje
 one window work; previous masks are fed back); image embeddings are cached per session and
 window, so a click in an encoded region runs only the prompt encoder and mask decoder. Points,
 scribbles and lassos (each turned into one click) are supported; boxes and initial
-segmentations are refused (the core has no box embeddings). See docs/serve.md.
+segmentations are refused (the core has no box embeddings). Adapters with class prompts
+(auto.enabled: true) also offer an automatic mask per class as a session's starting result
+(POST /adapt3d/auto_segment, an adapt3d extension); clicks then refine it. See docs/serve.md.
 
 --adapter [MODALITY=]DIR routes images of that modality (image_properties "modality", else
 --modality, else guessed: CT below -500 HU, otherwise MR) through the adapter; an adapter without
@@ -38,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--core", required=True, metavar="CKPT", help="core checkpoint (.pth official format, state dict, or .safetensors)")
     p.add_argument("--core-type", default="sam-med3d", help="core architecture (default: sam-med3d)")
     p.add_argument("--adapter", action="append", default=[], metavar="[MODALITY=]DIR", help="adapter directory, optionally routed by modality (repeatable)")
+    p.add_argument("--class-prompts", metavar="FILE",
+                   help="class prompts for the core without adapter (a merged export's <stem>.class_prompts.safetensors): "
+                        "automatic segmentation; adapters trained with auto.enabled: true bring their own")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=1527, help="TCP port (default: 1527)")
     p.add_argument("--api-key", default=None, help="bearer key every request must carry (default: $NN_INTERACTIVE_API_KEY)")
@@ -106,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     served = ServedModel.load(
         args.core, adapters, core_type=args.core_type, device=_device(args.device), spacing=args.spacing,
         whole_volume={"resample": args.resample, "overlap": args.overlap, "max_windows": args.max_windows},
-        modality=args.modality, licence=args.license,
+        modality=args.modality, licence=args.license, class_prompts=args.class_prompts,
     )
     settings = ServeSettings(
         api_key=api_key, max_sessions=args.max_sessions, idle_timeout=args.idle_timeout,
@@ -114,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         array_orientation=args.array_orientation,
     )
     routes = ", ".join(f"{m}→{a}" for m, a in served.routes.items()) or "none"
+    automatic = "; ".join(f"{a or 'core'}: {', '.join(p.class_names)}" for a, p in served.class_prompts.items()) or "none"
     print(f"serving {served.info['name']} on http://{args.host}:{args.port} (adapter routes: {routes}; "
-          f"default: {served.default_adapter or 'frozen core'}; key: {'required' if api_key else 'none'})")
+          f"default: {served.default_adapter or 'frozen core'}; automatic classes: {automatic}; key: {'required' if api_key else 'none'})")
     uvicorn.run(make_app(served, settings), host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -21,8 +21,9 @@ import numpy as np
 from scipy import ndimage
 
 from adapt3d.data.imageio import Volume
-from adapt3d.infer.window_cache import WindowCache
 from adapt3d.infer.whole_volume import WorkingVolume
+from adapt3d.infer.window_cache import WindowCache
+from adapt3d.serve.auto import AutoStart
 
 UNDO_DEPTH = 32
 Click = tuple[tuple[float, float, float], int]  # (voxel coordinates in the viewer's array, 1 / 0)
@@ -64,6 +65,7 @@ class Step:
     clicks: tuple[Click, ...]
     result: Result
     pending: bool
+    auto: AutoStart | None
 
 
 @dataclass
@@ -81,6 +83,7 @@ class InteractiveState:
     history: deque[Step] = field(default_factory=lambda: deque(maxlen=UNDO_DEPTH))
     cache: WindowCache = field(default_factory=WindowCache)
     do_autozoom: bool = False
+    auto: AutoStart | None = None  # an automatic result the clicks refine (adapt3d.serve.auto)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -94,20 +97,28 @@ class InteractiveState:
         self.reset()
 
     def reset(self) -> None:
-        """Clear prompts, result and undo history (cached embeddings of the image are kept)."""
-        self.clicks, self.result, self.pending = [], Result(), False
+        """Clear prompts, result, automatic start and undo history (cached embeddings of the image are kept)."""
+        self.clicks, self.result, self.pending, self.auto = [], Result(), False, None
         self.history.clear()
+
+    def _remember(self) -> None:
+        self.history.append(Step(tuple(self.clicks), self.result, self.pending, self.auto))
 
     def add_click(self, point: Sequence[float], positive: bool) -> None:
         """Record a click (undoable); it is predicted on the next prediction."""
-        self.history.append(Step(tuple(self.clicks), self.result, self.pending))
+        self._remember()
         self.clicks.append((tuple(float(c) for c in point), 1 if positive else 0))
         self.pending = True
 
     def set_mask(self, result: Result) -> None:
         """An initial segmentation becomes the current result (undoable); prompts are cleared."""
-        self.history.append(Step(tuple(self.clicks), self.result, self.pending))
-        self.clicks, self.result, self.pending = [], result, False
+        self._remember()
+        self.clicks, self.result, self.pending, self.auto = [], result, False, None
+
+    def set_auto(self, start: AutoStart, result: Result) -> None:
+        """An automatic result becomes the current one (undoable); the clicks that follow refine it."""
+        self._remember()
+        self.clicks, self.result, self.pending, self.auto = [], result, False, start
 
     def undo(self) -> Result | None:
         """Restore the state before the last interaction; the previous result, or None if nothing to undo."""
@@ -115,7 +126,7 @@ class InteractiveState:
             return None
         previous = self.result
         step = self.history.pop()
-        self.clicks, self.result, self.pending = list(step.clicks), step.result, step.pending
+        self.clicks, self.result, self.pending, self.auto = list(step.clicks), step.result, step.pending, step.auto
         return previous
 
 

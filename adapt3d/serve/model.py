@@ -19,11 +19,12 @@ from pathlib import Path
 from torch import nn
 
 from adapt3d import __version__
+from adapt3d.cores import core_spec
 from adapt3d.data.imageio import Volume
 from adapt3d.errors import ConfigError
-from adapt3d.cores import core_spec
 from adapt3d.infer.session import guess_modality, load_model
 from adapt3d.infer.whole_volume import WholeVolumeConfig, WholeVolumePredictor
+from adapt3d.serve import auto
 from adapt3d.tuners import AdaptedModel, load_adapter
 
 #: What each protocol interaction becomes for a SAM-Med3D-format core (said in /capabilities).
@@ -45,6 +46,7 @@ PROMPT_NOTES = {
         "resumes after a reconnect; the next click predicts from clicks only; with run_prediction it is "
         "refined from one click at its deepest voxel"
     ),
+    "automatic": auto.NOTE,
 }
 _LICENCE_LINE = re.compile(r"^\W*licen[cs]e\W*[:|]\s*(.+?)\s*\|?\s*$", re.IGNORECASE)
 
@@ -81,6 +83,7 @@ class ServedModel:
     default_adapter: str | None
     modality: str  # auto | CT | MR | US ...
     info: dict = field(default_factory=dict)
+    class_prompts: dict = field(default_factory=dict)  # adapter name (None: no adapter) → ClassPrompts
 
     @classmethod
     def load(
@@ -95,11 +98,14 @@ class ServedModel:
         whole_volume: dict | None = None,
         modality: str = "auto",
         licence: str | None = None,
+        class_prompts: str | Path | None = None,
     ) -> ServedModel:
         """Load ``core`` and ``adapters`` onto ``device`` (bad paths and names raise one-line errors).
 
         Without ``config``, the whole-volume pass (``whole_volume``: its other settings) runs at the
-        core's own preprocessing: its stored spacing (``spacing`` overrides) and normalisation."""
+        core's own preprocessing: its stored spacing (``spacing`` overrides) and normalisation.
+        Adapters with class prompts (and the core, given ``class_prompts``, a prompts file) offer
+        automatic segmentation (:mod:`adapt3d.serve.auto`)."""
         names = [a.name for a in adapters]
         if len(set(names)) != len(names):
             raise ConfigError(f"--adapter: two adapter directories have the same name ({', '.join(names)})")
@@ -116,6 +122,7 @@ class ServedModel:
             for spec in adapters:
                 load_adapter(adapted, spec.directory, name=spec.name)
             model = adapted.to(device)
+        prompts = auto.served_prompts(model, [(a.name, a.directory) for a in adapters], class_prompts)
         routes = {a.modality: a.name for a in adapters if a.modality}
         info = {
             "name": Path(core).stem + "".join(f" + {n}" for n in names),
@@ -129,7 +136,8 @@ class ServedModel:
             work = spacing if spacing is not None else prep.isotropic_spacing(f"{core} (core)")
             config = WholeVolumeConfig(**(whole_volume or {}), spacing=work, normalization=prep.normalization)
         predictor = WholeVolumePredictor(model, config)
-        return cls(model, predictor, routes, unrouted[0] if unrouted else None, modality.upper(), info)
+        return cls(model, predictor, routes, unrouted[0] if unrouted else None, modality.upper(), info,
+                   {name: p.to(device) for name, p in prompts.items()})
 
     @property
     def adapters(self) -> list[str]:
@@ -179,6 +187,7 @@ class ServedModel:
             "model": {**self.info, "routes": dict(self.routes), "default_adapter": self.default_adapter},
             "prompts": dict(PROMPT_NOTES),
             "whole_volume": {"resample": cfg.resample, "spacing": cfg.spacing, "max_windows": cfg.max_windows},
+            "automatic": auto.capabilities(self.class_prompts),
         }
 
 

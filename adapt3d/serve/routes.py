@@ -19,8 +19,14 @@ from starlette.responses import Response
 
 from adapt3d.data.imageio import Volume
 from adapt3d.errors import ConfigError
+from adapt3d.serve.auto import AUTO_PATH
 from adapt3d.serve.geometry import check_orientation, orientation_affine
-from adapt3d.serve.interactive import InteractiveState, Result, changed_region, mask_to_click
+from adapt3d.serve.interactive import (
+    InteractiveState,
+    Result,
+    changed_region,
+    mask_to_click,
+)
 from adapt3d.serve.model import PROMPT_NOTES, ServedModel
 from adapt3d.serve.protocol import (
     TARGET_DTYPES,
@@ -86,6 +92,7 @@ class Routes:
             (wire.PATH_ADD_SCRIBBLE, self.add_scribble),
             (wire.PATH_ADD_LASSO, self.add_lasso),
             (wire.PATH_ADD_INITIAL_SEG, self.add_initial_seg),
+            (AUTO_PATH, self.auto_segment),
         ):
             add(path, self._session_endpoint(handler, binary=path in binary), methods=["POST"])
 
@@ -233,6 +240,23 @@ class Routes:
             state.pending = True
             return self._predict(state)  # repaints from the seeded mask the client holds
         return prediction_response(False)
+
+    def auto_segment(self, state: InteractiveState, call: Call) -> Response:
+        """The automatic mask of ``{"class": NAME}`` becomes the current result; later clicks refine it."""
+        _image(state)
+        name = call.payload.get("class")
+        if not isinstance(name, str) or not name:
+            raise ProtocolError(400, 'automatic segmentation: the body must be {"class": NAME}')
+        prompts = self.served.class_prompts.get(state.adapter)
+        if prompts is None:
+            raise ProtocolError(400, f"automatic segmentation: the session's model ({state.adapter or 'the core without adapter'}) "
+                                     "has no class prompts (an adapter trained with auto.enabled: true)")
+        if name not in prompts.class_names:
+            raise ProtocolError(400, f"automatic segmentation: no class prompt for {name!r}; classes: {', '.join(prompts.class_names)}")
+        previous = state.result
+        start, result = self.worker.automatic(state, name)
+        state.set_auto(start, result)
+        return self._answer(state, previous)
 
     # -- helpers ---------------------------------------------------------------------------
     def _add_drawn(self, state: InteractiveState, call: Call, kind: str) -> Response:

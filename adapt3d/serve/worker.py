@@ -13,7 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from scipy import special
 
+from adapt3d.auto.predict import blended_class_logits
+from adapt3d.auto.refine import refine_logits
+from adapt3d.evaluate.nclick import eval_mode
+from adapt3d.serve.auto import AutoStart
 from adapt3d.serve.geometry import box_to_input
 from adapt3d.serve.interactive import InteractiveState, Result, ordered_prompts
 from adapt3d.serve.model import ServedModel
@@ -29,16 +34,38 @@ class InferenceWorker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapt3d-inference")
 
     def segment(self, state: InteractiveState) -> Result:
-        """The session's result for all its clicks (empty without a positive click)."""
+        """The session's result for all its clicks: refining its automatic start when it has one
+        (clicks in the order made), else from the clicks alone (empty without a positive click)."""
+        if state.auto is not None:
+            return self._refined(state)
         points, labels = ordered_prompts(state.clicks)
         if not points:
             return Result()
         start = time.perf_counter()
-        box, probability = _foreground_box(*self._pool.submit(self._run, state, points, labels).result())
-        in_box, values = box_to_input(probability, box, state.prepared.grid)
-        result = Result.from_values(in_box, values)
+        result = self._result(state, *self._pool.submit(self._run, state, points, labels).result())
         log.info("predicted %d clicks in %.3f s", len(points), time.perf_counter() - start)
         return result
+
+    def automatic(self, state: InteractiveState, class_name: str) -> tuple[AutoStart, Result]:
+        """The automatic logits of ``class_name`` on the session's image and the result they give."""
+        start = time.perf_counter()
+        prior = self._pool.submit(self._prior, state, class_name).result()
+        result = self._result(state, *_whole(prior))
+        log.info("automatic %s in %.3f s", class_name, time.perf_counter() - start)
+        return AutoStart(class_name, prior), result
+
+    def _refined(self, state: InteractiveState) -> Result:
+        if not state.clicks:
+            return state.result
+        points, labels = [p for p, _ in state.clicks], [lab for _, lab in state.clicks]
+        logits = self._pool.submit(self._refine, state, points, labels).result()
+        return self._result(state, *_whole(logits))
+
+    def _result(self, state: InteractiveState, box: tuple[slice, ...], probability: np.ndarray) -> Result:
+        """The input-grid result of a working-grid probability inside ``box``."""
+        box, probability = _foreground_box(box, probability)
+        in_box, values = box_to_input(probability, box, state.prepared.grid)
+        return Result.from_values(in_box, values)
 
     @torch.no_grad()
     def _run(self, state: InteractiveState, points: list, labels: list):
@@ -46,8 +73,28 @@ class InferenceWorker:
             run = self.served.predictor.run_windows(state.prepared, points, labels, state.cache)
         return run.probability_box()
 
+    @torch.no_grad()
+    def _prior(self, state: InteractiveState, class_name: str) -> np.ndarray:
+        prompts = self.served.class_prompts[state.adapter]
+        with self.served.using(state.adapter) as model, eval_mode(model):
+            logits, _ = blended_class_logits(model, prompts, state.prepared, prompts.indices([class_name]),
+                                             self.served.predictor.config)
+        return logits[0]
+
+    @torch.no_grad()
+    def _refine(self, state: InteractiveState, points: list, labels: list) -> np.ndarray:
+        with self.served.using(state.adapter) as model, eval_mode(model):
+            logits, _ = refine_logits(model, state.auto.prior, state.prepared, points, labels,
+                                      self.served.predictor.config, state.cache)
+        return logits
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _whole(logits: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The whole working grid as a box and the probability (sigmoid) of ``logits`` on it."""
+    return tuple(slice(0, n) for n in logits.shape), special.expit(logits).astype(np.float32)
 
 
 def _foreground_box(box: tuple[slice, ...], probability: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
