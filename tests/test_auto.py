@@ -260,6 +260,16 @@ def test_evaluate_auto_adds_click_zero(run_dir, core_path, tmp_path, capsys):
     rows = {r[1]: r for r in results_table(load_run(out)).rows}
     assert set(rows) == {"0 (auto)", "1"} and rows["0 (auto)"][2] == "—"  # no automatic mask before adaptation
     assert rows["0 (auto)"][3] == f"{100 * cord['after']['summary']['0']['dice']['mean']:.1f} ± {100 * cord['after']['summary']['0']['dice']['sd']:.1f}"
+    from adapt3d.report.tables import auto_table
+
+    table = auto_table(load_run(out))
+    pairs = cord["after"]["per_case"]
+    (row,) = table.rows  # one class: no "all" row
+    auto_dice, one_before, one_after = (np.mean([r["dice"][k] for r in runs]) for k, runs in
+                                        (("0", pairs), ("1", cord["before"]["per_case"]), ("1", pairs)))
+    assert row[:2] == ["SpinalCordMR", "spinal_cord"] and row[5] == "2"
+    assert [c.split(" ± ")[0] for c in row[2:5]] == [f"{100 * v:.1f}" for v in (auto_dice, one_before, one_after)]
+    assert "Class prompts trained for: spinal_cord." in table.caption
     capsys.readouterr()
     plain = tmp_path / "plain"
     from adapt3d.tuners import save_adapter

@@ -30,6 +30,11 @@ class AutoMasks:
         self.seconds: list[float] = []
         self._case: tuple[str, AutoPrediction] | None = None
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes with a prompt (the others get no click-0 entry)."""
+        return self.prompts.class_names
+
     def __call__(self, item: Item, prepared: PreparedCase) -> np.ndarray | None:
         if item.class_name not in self.prompts.class_names:
             return None

@@ -97,7 +97,8 @@ def evaluate_items(
     """Run the protocol on ``items``; the EVAL record of the run schema (summary, per class, per case).
 
     ``auto`` (adapt3d.auto.evaluate.AutoMasks) adds click count 0: an item's input-grid automatic
-    mask, or None for a class it has no prompt for."""
+    mask, or None for a class it has no prompt for; the record's ``automatic.classes`` are the
+    classes with a prompt."""
 
     def segment(item: Item) -> CaseResult:
         prepared = prepare_case(item.case, modality, tuple(protocol.target_spacing))
@@ -107,9 +108,12 @@ def evaluate_items(
         return masks, prepared.input_label == item.class_id, prepared.input_image, {}
 
     scored = protocol if auto is None else dataclasses.replace(protocol, clicks=(0, *protocol.clicks))
-    return evaluate_each(
+    record = evaluate_each(
         model, items, segment, scored, desc=desc or "evaluate", predictions_dir=predictions_dir, run_dir=run_dir
     )
+    if auto is not None:
+        record["automatic"] = {"classes": list(auto.class_names)}  # the classes with a class prompt
+    return record
 
 
 def evaluate_each(

@@ -70,6 +70,9 @@ def _results(runs: list[Run]) -> Section:
         if run.metrics.get("protocol") == "cvpr25":
             blocks.append(tables.cvpr25_table(run))
         blocks.append(tables.results_table(run))
+        automatic = tables.auto_table(run)
+        if automatic is not None:
+            blocks.append(automatic)
     return Section("results", "Domains × clicks: before and after adaptation", blocks)
 
 

@@ -5,6 +5,9 @@ Dice and NSD are shown ×100 with one decimal as ``mean ± sd``; retention as a 
 
 from __future__ import annotations
 
+import math
+
+from adapt3d.evaluate.metrics import summarise
 from adapt3d.report.document import Note, Table
 from adapt3d.report.runs import STAGES, Run, best_retention, class_stat, domain_label, stat
 from adapt3d.run_record import history_ct_dice
@@ -255,3 +258,32 @@ def cvpr25_table(run: Run) -> Table:
                f"Prompt strategy: {'; '.join(sorted(strategies))}. The per-step table below counts steps as clicks: "
                "step 1 = the box, step k = the box and k − 1 clicks.")
     return Table(columns, rows, caption, numeric=set(range(2, 9)))
+
+
+def auto_table(run: Run) -> Table | None:
+    """Automatic (0 clicks) Dice next to the fewest-click Dice before and after adaptation, on the same
+    case × class pairs (those with an automatic mask); None when the run has no automatic masks."""
+    k = min((c for c in run.clicks if c > 0), default=1)
+    rows, trained = [], []
+    for name, dom in run.domains.items():
+        after = dom.get("after") or {}
+        pairs = [r for r in after.get("per_case", []) if "0" in r.get("dice", {})]
+        if not pairs:
+            continue
+        trained += [c for c in (after.get("automatic") or {}).get("classes", []) if c not in trained]
+        before = {(r["case"], r["class"]): r for r in (dom.get("before") or {}).get("per_case", [])}
+        classes = list(dict.fromkeys(r["class"] for r in pairs))
+        for cls in [*classes, None] if len(classes) > 1 else classes:
+            recs = [r for r in pairs if cls is None or r["class"] == cls]
+            cells = [summarise(r["dice"]["0"] for r in recs),
+                     summarise(before.get((r["case"], r["class"]), {}).get("dice", {}).get(str(k), math.nan) for r in recs),
+                     summarise(r["dice"].get(str(k), math.nan) for r in recs)]
+            rows.append([domain_label(name, dom), cls or "all", *(fmt_stat(c if c["n"] else None) for c in cells), str(len(recs))])
+    if not rows:
+        return None
+    columns = ["domain", "class", "Dice auto (0 clicks)", f"Dice {k} click{'s' * (k > 1)} before", f"Dice {k} click{'s' * (k > 1)} after", "n"]
+    caption = (f"{run.label}: the automatic mask (learned class prompts, no click; adapt3d.auto) against {k} click{'s' * (k > 1)} "
+               "of the frozen core (before) and of the adapted model (after), over the same case × class pairs: those with "
+               "a class prompt (classes without one are left out). Dice ×100, mean ± sd."
+               + (f" Class prompts trained for: {', '.join(trained)}." if trained else ""))
+    return Table(columns, rows, caption, numeric={2, 3, 4, 5})
