@@ -13,13 +13,18 @@ and k − 1 clicks):
   per image and per class, over images; ``images``: the per-image fields of the script's CSV;
 * ``per_class`` / ``per_case``: per case × class, the class's Dice/NSD inside the multi-class
   prediction at each step, its clicks, and its final mask (NIfTI on the input grid);
-* ``prompt_strategy``: how the model used the box (see ``cvpr25_predict``).
+* ``prompt_strategy``: how the model used the box (see ``cvpr25_predict``);
+* with ``auto`` (learned class prompts, :mod:`adapt3d.auto`): step ``0`` is each class's automatic
+  mask (no box, no click; classes without a prompt have none), scored on the input grid like the
+  N-click protocol's click 0, the image's value the mean over its classes with a prompt; the AUC
+  and final figures stay those of the challenge's 6 steps; ``automatic.classes`` names the classes
+  with a prompt.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -29,13 +34,13 @@ from torch import nn
 from tqdm import tqdm
 
 from adapt3d.data.cvpr_npz import case_to_challenge, challenge_boxes, challenge_name, from_challenge_axes
-from adapt3d.data.items import Item
+from adapt3d.data.items import Item, PreparedCase, prepare_case
 from adapt3d.data.imageio import save_volume
 from adapt3d.data.nnunet import load_case
 from adapt3d.errors import ConfigError
 from adapt3d.evaluate.cvpr25 import N_CLICKS, run_case
 from adapt3d.evaluate.cvpr25_predict import NpzPredictor
-from adapt3d.evaluate.metrics import summarise
+from adapt3d.evaluate.metrics import dice, nsd, summarise
 from adapt3d.evaluate.nclick import Protocol, eval_mode
 
 
@@ -65,8 +70,10 @@ def evaluate_items_cvpr25(
     predictions_dir: Path | None = None,
     run_dir: Path | None = None,
     desc: str | None = None,
+    auto: Callable[[Item, PreparedCase], np.ndarray | None] | None = None,
 ) -> dict:
-    """Run the challenge's loop on the cases of ``items`` (their classes together); the EVAL record."""
+    """Run the challenge's loop on the cases of ``items`` (their classes together); the EVAL record
+    (with ``auto``, adapt3d.auto.evaluate.AutoMasks: step 0, the automatic masks)."""
     if not isinstance(protocol, Cvpr25Protocol):
         raise ConfigError("evaluate_items_cvpr25 needs a Cvpr25Protocol")
     predictor = NpzPredictor(model, strategy=protocol.strategy or None, target_spacing=tuple(protocol.target_spacing),
@@ -79,9 +86,31 @@ def evaluate_items_cvpr25(
     with mode:
         for case_items in tqdm(by_case.values(), desc=desc or "evaluate (cvpr25)", disable=None, leave=False):
             image_rec, class_recs = _evaluate_case(predictor, case_items, modality, protocol, predictions_dir, run_dir)
+            if auto is not None:
+                _add_automatic(auto, case_items, modality, protocol, image_rec, class_recs)
             images.append(image_rec)
             per_case += class_recs
-    return _record(images, per_case, protocol, predictor.description)
+    record = _record(images, per_case, protocol, predictor.description)
+    if auto is not None:
+        record["automatic"] = {"classes": list(auto.class_names)}
+    return record
+
+
+def _add_automatic(auto: Callable[[Item, PreparedCase], np.ndarray | None], items: list[Item], modality: str,
+                   protocol: Cvpr25Protocol, image_rec: dict, class_recs: list[dict]) -> None:
+    """Step 0 of one case: each class's automatic mask scored on the input grid (classes with a prompt)."""
+    prepared = prepare_case(items[0].case, modality, tuple(protocol.target_spacing))
+    scores = []
+    for item, rec in zip(items, class_recs):
+        mask = auto(item, prepared)
+        if mask is None:
+            continue
+        gt = prepared.input_label == item.class_id
+        rec["dice"]["0"] = dice(mask, gt)
+        rec["nsd"]["0"] = nsd(mask, gt, prepared.input_image.spacing, protocol.nsd_tolerance_mm)
+        scores.append((rec["dice"]["0"], rec["nsd"]["0"]))
+    if scores:
+        image_rec["dice"]["0"], image_rec["nsd"]["0"] = (float(np.mean(v)) for v in zip(*scores))
 
 
 def _evaluate_case(predictor: NpzPredictor, items: list[Item], modality: str, protocol: Cvpr25Protocol,
@@ -118,11 +147,14 @@ def _record(images: list[dict], per_case: list[dict], protocol: Cvpr25Protocol, 
     steps = [str(k) for k in protocol.clicks]
     summary = {s: {"dice": summarise(i["dice"][s] for i in images), "nsd": summarise(i["nsd"][s] for i in images),
                    "time_s": summarise(i["time_s"][s] for i in images)} for s in steps}
+    if any("0" in i["dice"] for i in images):  # automatic masks (adapt3d.auto)
+        steps = ["0", *steps]
+        summary["0"] = {m: summarise(i[m]["0"] for i in images if "0" in i[m]) for m in ("dice", "nsd")}
     challenge = {key: summarise(i[key] for i in images) for key in ("DSC_AUC", "NSD_AUC", "DSC_Final", "NSD_Final", "TotalRunningTime")}
     challenge["time_per_class_s"] = summarise(i["TotalRunningTime"] / len(i["classes"]) for i in images)
     classes = sorted({r["class"] for r in per_case})
-    per_class = {cls: {s: {m: summarise(r[m][s] for r in per_case if r["class"] == cls) for m in ("dice", "nsd")} for s in steps}
-                 for cls in classes}
-    return {"protocol": "cvpr25", "clicks": list(protocol.clicks), "prompt_strategy": strategy,
+    per_class = {cls: {s: {m: summarise(r[m][s] for r in per_case if r["class"] == cls and s in r[m]) for m in ("dice", "nsd")}
+                       for s in steps} for cls in classes}
+    return {"protocol": "cvpr25", "clicks": [int(s) for s in steps], "prompt_strategy": strategy,
             "box_prompt": protocol.box_prompt, "summary": summary, "challenge": challenge, "images": images,
             "per_class": per_class, "per_case": per_case}

@@ -251,13 +251,16 @@ def cvpr25_table(run: Run) -> Table:
             ch = ev["challenge"]
             auc = [DASH if ch.get(k, {}).get("mean") is None else f"{ch[k]['mean']:.3f} ± {ch[k].get('sd') or 0:.3f}" for k in ("DSC_AUC", "NSD_AUC")]
             rows.append([domain_label(name, dom), stage, *auc, fmt_stat(ch.get("DSC_Final")), fmt_stat(ch.get("NSD_Final")),
-                         fmt_stat(stat(ev, 1, "dice")), f"{ch['time_per_class_s']['mean']:.2f}", str(ch["DSC_AUC"]["n"])])
-    columns = ["domain", "stage", "DSC_AUC", "NSD_AUC", "DSC final", "NSD final", "DSC box (step 1)", "s / class (6 steps)", "images"]
+                         fmt_stat(stat(ev, 0, "dice")), fmt_stat(stat(ev, 1, "dice")), f"{ch['time_per_class_s']['mean']:.2f}",
+                         str(ch["DSC_AUC"]["n"])])
+    columns = ["domain", "stage", "DSC_AUC", "NSD_AUC", "DSC final", "NSD final", "DSC auto (0 clicks)", "DSC box (step 1)",
+               "s / class (6 steps)", "images"]
     caption = (f"{run.label}: CVPR 2025 challenge protocol (box, then 5 clicks at the largest error; per image the mean over its "
                "classes; AUC = trapezoid over the 5 click steps, maximum 4; Dice/NSD ×100, NSD at 2 mm). "
                f"Prompt strategy: {'; '.join(sorted(strategies))}. The per-step table below counts steps as clicks: "
-               "step 1 = the box, step k = the box and k − 1 clicks.")
-    return Table(columns, rows, caption, numeric=set(range(2, 9)))
+               "step 1 = the box, step k = the box and k − 1 clicks; auto (step 0, evaluate --auto) = the learned class "
+               "prompts alone, no box, outside the challenge's AUC.")
+    return Table(columns, rows, caption, numeric=set(range(2, 10)))
 
 
 def auto_table(run: Run) -> Table | None:
