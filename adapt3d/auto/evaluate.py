@@ -30,10 +30,10 @@ class AutoMasks:
         self.seconds: list[float] = []
         self._case: tuple[str, AutoPrediction] | None = None
 
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        """The classes with a prompt (the others get no click-0 entry)."""
-        return self.prompts.class_names
+    def record(self) -> dict:
+        """What the EVAL record says of the automatic masks: the classes with a prompt (the others
+        get no click-0 entry) and the seconds of each case's automatic prediction."""
+        return {"classes": list(self.prompts.class_names), "seconds": [round(s, 3) for s in self.seconds]}
 
     def __call__(self, item: Item, prepared: PreparedCase) -> np.ndarray | None:
         if item.class_name not in self.prompts.class_names:

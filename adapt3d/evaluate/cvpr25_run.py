@@ -92,7 +92,7 @@ def evaluate_items_cvpr25(
             per_case += class_recs
     record = _record(images, per_case, protocol, predictor.description)
     if auto is not None:
-        record["automatic"] = {"classes": list(auto.class_names)}
+        record["automatic"] = auto.record()
     return record
 
 

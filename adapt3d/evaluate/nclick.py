@@ -112,7 +112,7 @@ def evaluate_items(
         model, items, segment, scored, desc=desc or "evaluate", predictions_dir=predictions_dir, run_dir=run_dir
     )
     if auto is not None:
-        record["automatic"] = {"classes": list(auto.class_names)}  # the classes with a class prompt
+        record["automatic"] = auto.record()  # the classes with a class prompt, seconds per case
     return record
 
 
