@@ -49,8 +49,9 @@ def run_auto(args: argparse.Namespace) -> int:
     model = load_model(args.core, core_type=args.core_type, adapter=args.adapter, device=args.device)
     check_prompts_fit(prompts, model, str(source))
     prep = model.preprocessing
-    spacing = args.spacing if args.spacing is not None else prep.isotropic_spacing(f"{args.core} (core)")
-    config = dataclasses.replace(config, spacing=spacing, normalization=prep.normalization)
+    if args.spacing is None and prep.spacing is not None:  # a native-spacing core (SegVol) keeps the input's spacing
+        config = dataclasses.replace(config, spacing=prep.isotropic_spacing(f"{args.core} (core)"))
+    config = dataclasses.replace(config, normalization=prep.normalization)
     modality = guess_modality(image) if args.modality == "auto" else args.modality.upper()
     result = predict_auto(model, prompts, image, modality, config, classes, probabilities=probs_dir is not None)
     if probs_dir is not None:
