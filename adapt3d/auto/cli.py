@@ -27,7 +27,7 @@ def run_auto(args: argparse.Namespace) -> int:
     from adapt3d.atomic import atomic_dir, refuse_existing
     from adapt3d.auto.predict import predict_auto
     from adapt3d.auto.prompts import check_prompts_fit, load_class_prompts
-    from adapt3d.auto.refine import check_clicks, predict_refined
+    from adapt3d.auto.refine import check_clicks, check_refinable, predict_refined
     from adapt3d.cli.predict import check_output
     from adapt3d.data.imageio import ending_of, load_volume, save_volume
     from adapt3d.errors import ConfigError
@@ -52,6 +52,7 @@ def run_auto(args: argparse.Namespace) -> int:
         raise ConfigError("--classes: give class names separated by commas")
     prompts.indices(classes)  # an unknown class is refused here
     if args.refine is not None:
+        check_refinable(args.core_type)
         prompts.indices([args.refine])
         if classes is not None and args.refine not in classes:
             raise ConfigError(f"--refine {args.refine}: not among --classes {','.join(classes)}")
@@ -64,8 +65,9 @@ def run_auto(args: argparse.Namespace) -> int:
     model = load_model(args.core, core_type=args.core_type, adapter=args.adapter, device=args.device)
     check_prompts_fit(prompts, model, str(source))
     prep = model.preprocessing
-    spacing = args.spacing if args.spacing is not None else prep.isotropic_spacing(f"{args.core} (core)")
-    config = dataclasses.replace(config, spacing=spacing, normalization=prep.normalization)
+    if args.spacing is None and prep.spacing is not None:  # a native-spacing core (SegVol) keeps the input's spacing
+        config = dataclasses.replace(config, spacing=prep.isotropic_spacing(f"{args.core} (core)"))
+    config = dataclasses.replace(config, normalization=prep.normalization)
     modality = guess_modality(image) if args.modality == "auto" else args.modality.upper()
     if clicks:
         prepared = WholeVolumePredictor(model, config).prepare(image, modality)

@@ -26,14 +26,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy import special
 from torch import nn
 from torch.nn import functional as F
 
 from adapt3d.auto.predict import AutoPrediction, blended_class_logits, label_map
 from adapt3d.auto.prompts import ClassPrompts
 from adapt3d.data.imageio import Volume
-from adapt3d.data.preprocess import Window, centred_window, normalise
-from adapt3d.errors import InputError
+from adapt3d.data.preprocess import Window, centred_window, from_working_grid, normalise
+from adapt3d.cores.registry import CORES
+from adapt3d.errors import ConfigError, InputError
 from adapt3d.evaluate.nclick import eval_mode
 from adapt3d.infer.predictor import check_inside
 from adapt3d.infer.whole_volume import BLEND_WEIGHTS, WholeVolumeConfig, WorkingVolume
@@ -95,6 +97,15 @@ def refine_logits(
     return logit_sum / weight_sum, windows
 
 
+def check_refinable(core_type: str) -> None:
+    """:class:`ConfigError` unless the contract of core ``core_type`` takes mask prompts and predicts
+    by windows (the automatic logits are the clicks' starting mask prompt)."""
+    spec = CORES.get(core_type)
+    if not spec.contract.takes("mask") or spec.contract.inference != "windows":
+        raise ConfigError(f"--refine: the {spec.name} core takes no mask prompt in windows (its contract), so clicks cannot "
+                          "start from an automatic mask; refinement is for SAM-style cores")
+
+
 def check_clicks(image: Volume, points_ijk: Sequence[Sequence[float]], labels: Sequence[int]) -> None:
     """:class:`InputError` unless there is at least one click, one 1/0 label each, all inside ``image``."""
     if not points_ijk:
@@ -130,6 +141,7 @@ def predict_refined(
         c = names.index(refine)
         logits[c], windows = refine_logits(model, logits[c], prepared, points_ijk, labels, config)
     values = tuple(prompts.label_values[i] for i in indices)
-    label, kept = label_map(logits, values, prepared, threshold, keep=probabilities)
+    probs = (from_working_grid(special.expit(c), prepared.grid, order=1).astype(np.float32, copy=False) for c in logits)
+    label, kept = label_map(probs, values, threshold, keep=probabilities)
     return AutoPrediction(label, prepared.grid.input_affine.copy(), names, values, n_windows + len(windows),
                           time.time() - t0, dict(zip(names, kept)) if probabilities else None)

@@ -1,14 +1,17 @@
-"""Training the class prompts with the adapter: an automatic round before the click rounds.
+"""Training the class prompts with the adapter: an automatic round before the recipe's rounds.
 
 Per training step and crop, a first round prompts the decoder with the crop's class prompt and no
-click (no mask prompt either); its logits are the mask prompt of the click rounds that follow
-(the contract's training recipe, :mod:`adapt3d.train.recipes`), so one model serves automatic and
-interactive use, and clicks learn to correct an automatic result.
+click (no mask prompt either). Then the contract's training recipe (:mod:`adapt3d.train.recipes`)
+runs its rounds: SAM-Med3D's click rounds take the automatic round's logits as their first mask
+prompt, so clicks learn to correct an automatic result; SegVol's prompt rounds take the crop's
+class vector (``batch["class_prompts"]``) as their text in place of the encoded class name, so
+every round trains it. One model serves automatic and interactive use.
 
-The object-centred training crops always hold the object, but automatic inference slides over
-the whole volume, where most windows hold none of it. So each sample also brings
-``random_crops`` crops placed uniformly in the volume (mostly background), on which the class
-prompt alone must predict what is there, often nothing. Each costs one more encoder pass.
+The object-centred training crops always hold the object, but automatic inference covers the
+whole volume, where most windows hold none of it. So each sample also brings ``random_crops``
+crops placed uniformly in the volume (mostly background), cut as the recipe cuts its crops (its
+axes, spacing, size and normalisation), on which the class prompt alone must predict what is
+there, often nothing. Each costs one more encoder pass.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from adapt3d.auto.prompts import ClassPrompts, save_class_prompts
-from adapt3d.data.items import Item, prepare_case
-from adapt3d.data.preprocess import centred_window, normalise
+from adapt3d.data.items import Item
 from adapt3d.train.data import CropDataset
 from adapt3d.train.losses import dice_ce_loss
 
@@ -33,7 +35,7 @@ def auto_round(
     model: nn.Module, prompts: ClassPrompts, emb: torch.Tensor, class_index: torch.Tensor, target: torch.Tensor, known: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (Dice + CE, ignore-masked) and low-res logits of the class prompts alone on crops' embeddings."""
-    logits, _ = model.decode(emb, None, None, mask_logits=None, prompt_tokens=prompts(class_index))
+    logits, _ = model.decode(emb, None, None, mask_logits=None, **prompts.decode_inputs(class_index))
     full = F.interpolate(logits.float(), size=tuple(target.shape[2:]), mode="trilinear", align_corners=False)
     return dice_ce_loss(full, target, known), logits
 
@@ -48,8 +50,10 @@ class AutoTraining(nn.Module):
 
     def step(self, model: nn.Module, emb: torch.Tensor, batch: dict, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The weighted automatic loss of a batch (its crops, then its random crops) and the crops'
-        automatic logits (the click rounds' first mask prompt); losses are added to ``logs``."""
+        automatic logits (the click rounds' first mask prompt); losses are added to ``logs``, and the
+        crops' class prompts as ``decode`` keywords to ``batch["class_prompts"]`` (the prompt rounds' text)."""
         index = batch["class_index"]
+        batch["class_prompts"] = self.prompts.decode_inputs(index)
         loss, logits = auto_round(model, self.prompts, emb, index, batch["label"], batch["known"])
         logs["train/auto_loss"] = loss.detach()
         if "auto_image" in batch:
@@ -74,8 +78,9 @@ class AutoTraining(nn.Module):
 
 class AutoCropDataset(Dataset):
     """A :class:`CropDataset`'s samples plus ``random_crops`` crops (``auto_image``, ``auto_label``,
-    ``auto_known``: (R, 1, S, S, S)) centred uniformly in the same case's working volume, drawn
-    from the sample's own seeded generator and augmented like the crops."""
+    ``auto_known``: (R, 1, *size)) centred uniformly in the same case's working volume and cut by
+    the base dataset (:meth:`CropDataset.cut`: its axes, spacing, size, normalisation and
+    augmentation), drawn from the sample's own seeded generator."""
 
     def __init__(self, base: CropDataset, random_crops: int = 1) -> None:
         self.base = base
@@ -92,32 +97,21 @@ class AutoCropDataset(Dataset):
         epoch, i = divmod(int(index), len(base))
         item: Item = base.items[i % len(base.items)]
         rng = np.random.default_rng([base.seed, epoch, i, 1])  # 1: apart from the crop's own draws
-        prepared = prepare_case(item.case, base.modality, base.spacing)
-        target = prepared.label == item.class_id
-        known = prepared.label != item.ignore_id if item.ignore_id is not None else np.ones_like(target)
-        crops = []
-        for _ in range(self.random_crops):
-            window = centred_window(uniform_centre(target.shape, base.size, rng), base.size)
-            crop = {
-                "image": normalise(window.extract(prepared.image), base.modality, base.normalization)[None],
-                "label": window.extract(target.astype(np.float32))[None],
-                "known": window.extract(known.astype(np.float32))[None],
-            }
-            if base.augment is not None:
-                base.augment.set_random_state(seed=int(rng.integers(2**31)))
-                crop = base.augment(crop)
-            crops.append(crop)
+        arrays = base.case_arrays(item)
+        crops = [base.cut(arrays, uniform_centre(arrays[1].shape, base.shape, rng), rng) for _ in range(self.random_crops)]
         for key in ("image", "label", "known"):
             stacked = np.stack([np.asarray(c[key]) for c in crops])
             sample[f"auto_{key}"] = torch.as_tensor(np.ascontiguousarray(stacked), dtype=torch.float32)
         return sample
 
 
-def uniform_centre(shape: Sequence[int], size: int, rng: np.random.Generator) -> np.ndarray:
-    """A window centre drawn uniformly where a ``size`` window lies inside the volume (per axis;
-    the volume's middle along an axis shorter than the window), as sliding windows lie."""
-    lo = np.array([min(size / 2, n / 2) for n in shape])
-    hi = np.array([max(n - size / 2, n / 2) for n in shape])
+def uniform_centre(shape: Sequence[int], size: int | Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """A window centre drawn uniformly where a window of ``size`` (a cube's side or one per axis)
+    lies inside the volume (per axis; the volume's middle along an axis shorter than the window),
+    as sliding windows lie."""
+    sizes = np.broadcast_to(np.asarray(size, dtype=float), (len(shape),))
+    lo = np.array([min(s / 2, n / 2) for n, s in zip(shape, sizes)])
+    hi = np.array([max(n - s / 2, n / 2) for n, s in zip(shape, sizes)])
     return lo + rng.uniform(0, 1, size=len(shape)) * (hi - lo)
 
 
@@ -127,5 +121,6 @@ def auto_training(dataset: CropDataset, core: nn.Module, *, tokens_per_class: in
     values = {}
     for item in dataset.items:
         values.setdefault(item.class_name, item.class_id)
-    prompts = ClassPrompts.for_core(core, dataset.class_names, [values[n] for n in dataset.class_names], tokens_per_class, seed=seed)
+    prompts = ClassPrompts.for_core(core, dataset.class_names, [values[n] for n in dataset.class_names], tokens_per_class, seed=seed,
+                                    modality=dataset.modality)
     return AutoTraining(prompts, weight), AutoCropDataset(dataset, random_crops)

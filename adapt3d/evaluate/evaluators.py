@@ -3,7 +3,8 @@
 ``crop``: SAM-Med3D's protocol (one crop centred on the first click, mask feedback);
 ``zoom``: SegVol's (a fresh zoom-out-zoom-in per click count; with ``text`` also 0 clicks = the
 class name alone); ``slicewise``: 2D SAM on every slice of the object. A new core names one of
-these in its contract or registers its own here.
+these in its contract or registers its own here. ``crop`` and ``zoom`` also take the automatic
+masks of learned class prompts (``auto=``, :mod:`adapt3d.auto`) as click count 0.
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ from adapt3d.registry import Registry
 
 @dataclass(frozen=True)
 class Evaluator:
-    """A protocol's settings class and the function returning its EVAL record."""
+    """A protocol's settings class and the function returning its EVAL record (``automatic``: it
+    takes ``auto=``, the automatic masks of class prompts, as click count 0)."""
 
     protocol: type[Protocol]
     evaluate: Callable[..., dict]
+    automatic: bool = False
 
 
 EVALUATORS: Registry[Evaluator] = Registry("evaluator")
-EVALUATORS.register("crop", Evaluator(Protocol, evaluate_items))
-EVALUATORS.register("zoom", Evaluator(SegVolProtocol, evaluate_items_segvol))
+EVALUATORS.register("crop", Evaluator(Protocol, evaluate_items, automatic=True))
+EVALUATORS.register("zoom", Evaluator(SegVolProtocol, evaluate_items_segvol, automatic=True))
 EVALUATORS.register("slicewise", Evaluator(SlicewiseProtocol, evaluate_slicewise))
 
 

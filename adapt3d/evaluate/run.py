@@ -19,7 +19,7 @@ from adapt3d.data.domain_config import DomainSection
 from adapt3d.data.domains import load_domain
 from adapt3d.evaluate.cvpr25_run import Cvpr25Protocol, evaluate_items_cvpr25
 from adapt3d.evaluate.evaluators import Evaluator, core_evaluator
-from adapt3d.evaluate.nclick import Protocol, evaluate_items
+from adapt3d.evaluate.nclick import Protocol
 from adapt3d.infer.session import load_model
 from adapt3d.registry import Registry
 from adapt3d.run_record import run_record
@@ -30,7 +30,7 @@ from adapt3d.runs import caveats, env_record, now, one_shot_run_dir, write_json
 DEFAULT_PROTOCOL = "nclick"
 #: Protocols other than the default, by name (the same for every core).
 PROTOCOLS: Registry[Evaluator] = Registry("evaluation protocol")
-PROTOCOLS.register(Cvpr25Protocol.NAME, Evaluator(Cvpr25Protocol, evaluate_items_cvpr25))
+PROTOCOLS.register(Cvpr25Protocol.NAME, Evaluator(Cvpr25Protocol, evaluate_items_cvpr25, automatic=True))
 
 
 def evaluator_for(core_type: str, protocol: str = DEFAULT_PROTOCOL) -> Evaluator:
@@ -85,7 +85,7 @@ def run_evaluation(
     seed = make_protocol(core_type, protocol, **options).seed  # bad options fail before any data or model is read
     if auto:  # adapt3d.auto: checked before any data or model is read
         from adapt3d.auto.evaluate import AutoMasks, evaluation_prompts
-        prompts = evaluation_prompts(adapter, evaluate_fn is evaluate_items)
+        prompts = evaluation_prompts(adapter, evaluator_for(core_type, protocol))
     dom = load_domain(domain, "target", seed=seed, all_test=True)
     model = load_model(core, core_type=core_type, adapter=adapter, device=device)
     name, protocol = protocol, core_protocol(core_type, model.preprocessing, options, protocol)

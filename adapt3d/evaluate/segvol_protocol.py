@@ -5,12 +5,17 @@ click count is a fresh zoom-out-zoom-in pass with all clicks so far. Clicks are 
 input grid (first inside the object, then at the largest error, as for SAM-Med3D). With ``text``
 the class name from dataset.json is also given as a text prompt, and click count 0 — the text
 alone, SegVol's automatic mode — is reported too.
+
+Click count 0 is one automatic mask: given ``auto`` (the learned class prompts of an adapter,
+:class:`adapt3d.auto.evaluate.AutoMasks`), it is the class vector alone and replaces the text
+alone (the clicks keep ``text``); the EVAL record's ``zero_clicks`` says which it is (``auto`` or
+``text``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adapt3d.data.imageio import Volume
 from adapt3d.data.items import Item
 from adapt3d.data.nnunet import load_case
 from adapt3d.evaluate.nclick import CaseResult, Protocol, evaluate_each
@@ -50,7 +56,7 @@ def segment_item_segvol(model: nn.Module, item: Item, modality: str, protocol: P
         out[0] = logits > 0
     clicks: list[Click] = []
     pred = None
-    for k in range(1, max(protocol.clicks) + 1):
+    for k in range(1, max(protocol.clicks, default=0) + 1):
         click = simulate(pred, gt, rng=rng, spacing=image.spacing)
         if click is not None:
             clicks.append(click)
@@ -74,20 +80,28 @@ def evaluate_items_segvol(
     predictions_dir: Path | None = None,
     run_dir: Path | None = None,
     desc: str | None = None,
+    auto: Callable[[Item, Volume], np.ndarray | None] | None = None,
 ) -> dict:
-    """The EVAL record (as :func:`adapt3d.evaluate.nclick.evaluate_items`) for a SegVol model."""
+    """The EVAL record (as :func:`adapt3d.evaluate.nclick.evaluate_items`) for a SegVol model.
+
+    ``auto`` (adapt3d.auto.evaluate.AutoMasks) makes click count 0 an item's automatic mask from
+    its input image (None for a class it has no prompt for) in place of the text alone."""
     text = bool(getattr(protocol, "text", False)) if text is None else text
     if getattr(protocol, "tokenizer", ""):
         getattr(model, "core", model).set_tokenizer(protocol.tokenizer)
-    clicks = tuple(sorted(set(protocol.clicks) | ({0} if text else set())))
-    protocol = dataclasses.replace(protocol, clicks=clicks)
+    zero = "auto" if auto is not None else "text" if text else None
+    scored = dataclasses.replace(protocol, clicks=tuple(sorted(set(protocol.clicks) | ({0} if zero else set()))))
+    clicked = dataclasses.replace(scored, clicks=tuple(k for k in scored.clicks if k > 0 or zero == "text"))
 
     def segment(item: Item) -> CaseResult:
-        masks = segment_item_segvol(model, item, modality, protocol, text=text)
+        masks = segment_item_segvol(model, item, modality, clicked, text=text)
         image, label = load_case(item.case)
+        automatic = None if auto is None else auto(item, image)
+        masks = masks if automatic is None else {0: automatic, **masks}
         return masks, label.array == item.class_id, image, {}
 
-    return evaluate_each(
-        model, items, segment, protocol, desc=desc or "evaluate (segvol)", predictions_dir=predictions_dir,
+    record = evaluate_each(
+        model, items, segment, scored, desc=desc or "evaluate (segvol)", predictions_dir=predictions_dir,
         run_dir=run_dir,
     )
+    return record if zero is None else {**record, "zero_clicks": zero}

@@ -93,8 +93,9 @@ def _contract(cfg: ExperimentConfig, spec) -> list[str]:
     cubic_clicks = contract.training == "click-rounds"  # cubic crops at a spacing, clicks with mask feedback
     if cfg.retention.preserve and not cubic_clicks:
         problems.append(f"retention.preserve: not available for {spec.name} (it distils click rounds with mask feedback on cubic crops)")
-    if cfg.auto.enabled and not cubic_clicks:
-        problems.append(f"auto.enabled: not available for {spec.name} (class prompts are decoder tokens of SAM-style cores)")
+    if cfg.auto.enabled:  # class prompts of the kind the contract takes (adapt3d.auto.prompts)
+        from adapt3d.auto.prompts import contract_problems
+        problems += contract_problems(spec, cfg.auto.tokens_per_class)
     if cfg.context_head.enabled and not cubic_clicks:
         problems.append(f"context_head.enabled: not available for {spec.name} (the context head cuts cubic crops)")
     return problems

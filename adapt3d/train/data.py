@@ -84,15 +84,20 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items) * self.samples_per_item
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        epoch, i = divmod(int(index), len(self))
-        rng = np.random.default_rng([self.seed, epoch, i])
-        item = self.items[i % len(self.items)]
+    def case_arrays(self, item: Item) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The case of ``item`` as crops are cut from it, in ``axes`` order: the working image
+        (normalised if ``normalize_volume``), the item's target and its known voxels."""
         prepared = prepare_case(item.case, self.modality, self.spacing)
         image, labels = self._image(item, prepared.image), prepared.label.transpose(self.axes)
         target = labels == item.class_id
         known = labels != item.ignore_id if item.ignore_id is not None else np.ones_like(target)
-        centre = _object_centre(target) + rng.uniform(-1, 1, size=3) * self.jitter * self.shape
+        return image, target, known
+
+    def cut(self, arrays: tuple[np.ndarray, np.ndarray, np.ndarray], centre: np.ndarray,
+            rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """The crop of ``size`` centred at ``centre`` of :meth:`case_arrays`' ``arrays``: ``image``
+        (normalised unless the volume is), ``label``, ``known`` (1, *size), augmented from ``rng``."""
+        image, target, known = arrays
         window = centred_window(centre, self.size)
         crop = window.extract(image)
         sample = {
@@ -103,6 +108,15 @@ class CropDataset(Dataset):
         if self.augment is not None:
             self.augment.set_random_state(seed=int(rng.integers(2**31)))
             sample = self.augment(sample)
+        return sample
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        epoch, i = divmod(int(index), len(self))
+        rng = np.random.default_rng([self.seed, epoch, i])
+        item = self.items[i % len(self.items)]
+        arrays = self.case_arrays(item)
+        centre = _object_centre(arrays[1]) + rng.uniform(-1, 1, size=3) * self.jitter * self.shape
+        sample = self.cut(arrays, centre, rng)
         out = {k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32) for k, v in sample.items()}
         return {**out, "class_index": torch.tensor(self.class_names.index(item.class_name))}
 

@@ -105,8 +105,10 @@ def object_boxes(label: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
 def prompt_rounds(model, emb: torch.Tensor, batch: dict, rng: np.random.Generator, ctx: StepContext,
                   start: torch.Tensor | None = None) -> torch.Tensor:
     """SegVol's rounds: the class name as text with, per round, the box, the clicks so far or nothing
-    (no mask feedback, so an automatic round's ``start`` is not used)."""
-    text = [ctx.class_names[int(i)].replace("_", " ") for i in batch["class_index"]]
+    (no mask feedback, so an automatic round's ``start`` is not used). With learned class prompts
+    (adapt3d.auto: ``batch["class_prompts"]["text"]``, (B, C)) those vectors are the text instead."""
+    learned = batch.get("class_prompts", {}).get("text")
+    text = learned if learned is not None else [ctx.class_names[int(i)].replace("_", " ") for i in batch["class_index"]]
     boxes = object_boxes(batch["label"], batch["known"])
     clicks, loop = _clicks(batch, ctx, rng), ClickLoop(model, emb)
     pred, total = None, 0.0
