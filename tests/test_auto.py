@@ -335,3 +335,34 @@ def test_predict_auto_refine_cli(run_dir, core_path, tmp_path, capsys):
     auto, refined = (nib.load(str(tmp_path / n)) for n in ("auto.nii.gz", "refined.nii.gz"))
     assert refined.shape == auto.shape and np.allclose(refined.affine, auto.affine)
     assert set(np.unique(np.asarray(refined.dataobj))) <= {0, 1}
+
+
+def test_evaluate_cvpr25_auto_adds_step_zero(run_dir, core_path, tmp_path):
+    from adapt3d.evaluate.metrics import dice
+    from adapt3d.report.runs import load_run
+    from adapt3d.report.tables import cvpr25_table
+
+    out = tmp_path / "cvpr"
+    assert main(["evaluate", "--protocol", "cvpr25", "--core", str(core_path), "--adapter", str(run_dir / "adapter"),
+                 "--data", str(CORD), "--spacing", "3", "--no-predictions", "--out", str(out), "--auto"]) == 0
+    cord = json.loads((out / "metrics.json").read_text())["domains"]["SpinalCordMR"]
+    after, before = cord["after"], cord["before"]
+    assert after["clicks"] == [0, 1, 2, 3, 4, 5, 6] and before["clicks"] == [1, 2, 3, 4, 5, 6]
+    assert after["automatic"]["classes"] == ["spinal_cord"] and "0" not in before["summary"]
+    model = load_adapter(load_core("sam-med3d", core_path), run_dir / "adapter")
+    config = WholeVolumeConfig(spacing=3.0, normalization="sam-med3d")
+    for rec in after["per_case"]:
+        image = load_volume(rec["image"])
+        gt = load_volume(rec["label"], kind="label").array == rec["label_id"]
+        expected = dice(predict_auto(model, load_class_prompts(run_dir / "adapter"), image, "MR", config).mask("spinal_cord"), gt)
+        assert rec["dice"]["0"] == pytest.approx(expected, abs=1e-9)
+    plain = tmp_path / "plain"
+    assert main(["evaluate", "--protocol", "cvpr25", "--core", str(core_path), "--adapter", str(run_dir / "adapter"),
+                 "--data", str(CORD), "--spacing", "3", "--no-predictions", "--out", str(plain)]) == 0
+    without = json.loads((plain / "metrics.json").read_text())["domains"]["SpinalCordMR"]["after"]
+    scores = ("DSC_AUC", "NSD_AUC", "DSC_Final", "NSD_Final")  # the 6 challenge steps are untouched (times differ)
+    assert [after["challenge"][k] for k in scores] == [without["challenge"][k] for k in scores] and "automatic" not in without
+    table = cvpr25_table(load_run(out))
+    column = table.columns.index("DSC auto (0 clicks)")
+    cells = {row[1]: row[column] for row in table.rows}
+    assert cells["before"] == "—" and cells["after"].split(" ± ")[0] == f"{100 * after['summary']['0']['dice']['mean']:.1f}"

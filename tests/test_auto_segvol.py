@@ -223,9 +223,9 @@ def test_the_checks_refuse_what_cannot_work(run_dir, core_path, tmp_path, capsys
         check_prompts_fit(ClassPrompts(["a"], [1], torch.zeros(1, 1, 16), "text"), core, "p")
     with pytest.raises(ValueError, match="take 1 per class"):
         ClassPrompts(["a"], [1], torch.zeros(1, 2, 32), "text")
-    assert EVALUATORS.get("zoom").automatic and EVALUATORS.get("crop").automatic
-    with pytest.raises(ConfigError, match="not to sam2d or cvpr25"):
-        evaluation_prompts(str(run_dir / "adapter"), PROTOCOLS.get("cvpr25"))
+    assert EVALUATORS.get("zoom").automatic and EVALUATORS.get("crop").automatic and PROTOCOLS.get("cvpr25").automatic
+    with pytest.raises(ConfigError, match="not to sam2d's slice-wise protocol"):
+        evaluation_prompts(str(run_dir / "adapter"), EVALUATORS.get("slicewise"))
     with pytest.raises(CheckpointError, match="kind 'tokens'"):
         AutoMasks(core, ClassPrompts(["a"], [1], torch.zeros(1, 1, 32)), EVALUATORS.get("zoom").protocol(), "MR")
 
