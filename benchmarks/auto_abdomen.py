@@ -9,6 +9,9 @@ case (and modality), over organs present in both:
   MRI's organs; the CT volume is the test case (``adapt3d evaluate --auto``).
 * ``CT → MR``: the prompts alone (frozen core) are trained on the CT's organs and tested on the MRI.
 
+Each run is also evaluated on its own training case (``training_case_fit``: not a test, it
+shows whether the prompts learned their classes at all).
+
 The demo core (datasets/sample/demo_core) was trained by adapt3d on this very CT volume, except
 for its held-out organs (spleen, kidney_left, gallbladder, pancreas, aorta, ...): CT figures of
 the other organs are on the core's own training image. One test volume per direction: each figure
@@ -59,6 +62,14 @@ def experiment(out: Path, name: str, train: Path, adapter: dict, *, epochs: int)
     }
 
 
+def evaluate(run: Path, data: Path, out: Path, cli) -> dict:
+    """``adapt3d evaluate --auto`` of a run's adapter and prompts on the organs of ``data``; its domain record."""
+    assert cli(["evaluate", "--core", str(DEMO_CORE), "--core-description", CORE_NOTE, "--adapter", str(run / "adapter"),
+                "--data", str(data), "--classes", ",".join(ORGANS), "--clicks", "1,3", "--silver-standard",
+                "--no-predictions", "--auto", "--out", str(out), "--overwrite"]) == 0
+    return next(iter(json.loads((out / "metrics.json").read_text())["domains"].values()))
+
+
 def _mean(ev: dict | None, k: str) -> float | None:
     s = (ev or {}).get("summary", {}).get(k, {}).get("dice")
     return None if s is None or s.get("mean") is None else round(s["mean"], 4)
@@ -88,13 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         run = run_adaptation(load_experiment(path), overwrite=True)
         train_s = time.time() - t0
-        ev_dir = args.out / f"{name}_eval"
         t0 = time.time()
-        assert cli(["evaluate", "--core", str(DEMO_CORE), "--core-description", CORE_NOTE, "--adapter", str(run / "adapter"),
-                    "--data", str(test), "--classes", ",".join(ORGANS), "--clicks", "1,3", "--silver-standard",
-                    "--no-predictions", "--auto", "--out", str(ev_dir), "--overwrite"]) == 0
+        dom = evaluate(run, test, args.out / f"{name}_eval", cli)
         eval_s = time.time() - t0
-        dom = next(iter(json.loads((ev_dir / "metrics.json").read_text())["domains"].values()))
+        fit = evaluate(run, train, args.out / f"{name}_fit", cli)  # the training case itself: how well the prompts fit
         per_class = {}
         for organ in ORGANS:
             recs = [r for r in dom["after"]["per_case"] if r["class"] == organ]
@@ -110,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             "before_1": _mean(dom["before"], "1"), "before_3": _mean(dom["before"], "3"),
             "auto": _mean(dom["after"], "0"), "after_1": _mean(dom["after"], "1"), "after_3": _mean(dom["after"], "3"),
             "per_class": per_class,
+            "training_case_fit": {"auto": _mean(fit["after"], "0"), "after_1": _mean(fit["after"], "1"),
+                                  "before_1": _mean(fit["before"], "1")},
         })
         print(json.dumps(rows[-1]))
     record = {"data": "embedded abdomen: Dataset002_TotalSegExampleMR (1 MRI) and Dataset001_TotalSegExampleCT (1 CT, another "
