@@ -44,10 +44,14 @@ example:
   adapt3d predict --core sam_med3d_turbo.pth --image brain_mr.nii.gz --point 180,120,14 \\
       --resample inplane --out tumour.nii.gz
   adapt3d predict --auto --core demo_core.safetensors --adapter runs/cord/adapter --image t2.nii.gz --out cord.nii.gz
+  adapt3d predict --auto --refine liver --negative 120,98,60 --core ... --adapter ... --image ct.nii.gz --out fixed.nii.gz
 
 --auto (adapters trained with auto.enabled: true, docs/auto.md) needs no click: windows tile the
-whole volume, each class's learned prompt alone segments it, and one label map (the training
-dataset's label values; 0 where no class reaches probability 0.5) is written on the input grid.
+whole volume (SegVol: zoom-out-zoom-in per class), each class's learned prompt alone segments it,
+and one label map (the training dataset's label values; 0 where no class reaches probability
+0.5) is written on the input grid. --refine CLASS with --point/--negative corrects that class:
+its automatic logits are the clicks' starting mask prompt in a window around each click, the
+automatic result stands elsewhere (SAM-style cores).
 """
 
 
