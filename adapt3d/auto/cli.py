@@ -27,10 +27,11 @@ def run_auto(args: argparse.Namespace) -> int:
     from adapt3d.atomic import atomic_dir, refuse_existing
     from adapt3d.auto.predict import predict_auto
     from adapt3d.auto.prompts import check_prompts_fit, load_class_prompts
-    from adapt3d.auto.refine import check_clicks, check_refinable, predict_refined
+    from adapt3d.auto.refine import check_refinable, predict_refined
     from adapt3d.cli.predict import check_output
     from adapt3d.data.imageio import ending_of, load_volume, save_volume
     from adapt3d.errors import ConfigError
+    from adapt3d.infer.predictor import check_points
     from adapt3d.infer.session import guess_modality, load_model
     from adapt3d.infer.whole_volume import WholeVolumeConfig, WholeVolumePredictor
 
@@ -61,7 +62,7 @@ def run_auto(args: argparse.Namespace) -> int:
     image = load_volume(args.image)
     labels = [1] * len(args.point) + [0] * len(args.negative)
     if clicks:
-        check_clicks(image, clicks, labels)
+        check_points(image, clicks, labels)
     model = load_model(args.core, core_type=args.core_type, adapter=args.adapter, device=args.device)
     check_prompts_fit(prompts, model, str(source))
     prep = model.preprocessing

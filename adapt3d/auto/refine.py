@@ -32,23 +32,16 @@ from torch.nn import functional as F
 
 from adapt3d.auto.predict import AutoPrediction, blended_class_logits, label_map
 from adapt3d.auto.prompts import ClassPrompts
-from adapt3d.data.imageio import Volume
 from adapt3d.data.preprocess import Window, centred_window, from_working_grid, normalise
 from adapt3d.cores.registry import CORES
 from adapt3d.errors import ConfigError, InputError
 from adapt3d.evaluate.nclick import eval_mode
-from adapt3d.infer.predictor import check_inside
 from adapt3d.infer.whole_volume import BLEND_WEIGHTS, WholeVolumeConfig, WorkingVolume
 from adapt3d.infer.window_cache import WindowCache
 from adapt3d.prompts.loop import ClickLoop
 
 #: Blending weight of the automatic logits under a refined window (a window's centre weighs 1).
 PRIOR_WEIGHT = 1e-3
-
-
-def _inside(point: np.ndarray, window: Window) -> bool:
-    rel = point - np.asarray(window.start, dtype=float)
-    return bool(np.all((rel >= 0) & (rel <= np.asarray(window.shape) - 1)))
 
 
 @torch.no_grad()
@@ -71,7 +64,7 @@ def refine_logits(
     weight_sum = np.full(prior.shape, PRIOR_WEIGHT, np.float32)
     windows: list[Window] = []
     for point in clicks:
-        if not any(_inside(point, w) for w in windows):
+        if not any(w.contains(point) for w in windows):
             windows.append(centred_window(point, size))
     factor = size // model.low_res_size
     for window in windows:
@@ -84,7 +77,7 @@ def refine_logits(
             emb = model.encode(torch.from_numpy(crop)[None, None].to(device))
             if cache is not None:
                 cache.embeddings[window.start] = emb
-        inside = np.array([_inside(p, window) for p in clicks])
+        inside = np.array([window.contains(p) for p in clicks])
         pts = torch.tensor(clicks[inside] - np.asarray(window.start, dtype=float), dtype=torch.float32).round()[None].to(device)
         lab = torch.from_numpy(click_labels[inside])[None].to(device)
         loop = ClickLoop(model, emb, start=start.to(emb.dtype))
@@ -104,16 +97,6 @@ def check_refinable(core_type: str) -> None:
     if not spec.contract.takes("mask") or spec.contract.inference != "windows":
         raise ConfigError(f"--refine: the {spec.name} core takes no mask prompt in windows (its contract), so clicks cannot "
                           "start from an automatic mask; refinement is for SAM-style cores")
-
-
-def check_clicks(image: Volume, points_ijk: Sequence[Sequence[float]], labels: Sequence[int]) -> None:
-    """:class:`InputError` unless there is at least one click, one 1/0 label each, all inside ``image``."""
-    if not points_ijk:
-        raise InputError("refining an automatic result needs at least one click")
-    if len(labels) != len(points_ijk) or any(lab not in (0, 1) for lab in labels):
-        raise InputError("give one label per point: 1 (positive) or 0 (negative)")
-    for p in points_ijk:
-        check_inside(image, p)
 
 
 def predict_refined(

@@ -104,6 +104,11 @@ class Window:
         out[src] = crop[dst]
         return out
 
+    def contains(self, point: np.ndarray) -> bool:
+        """Whether (fractional) voxel coordinates ``point`` lie inside the window."""
+        rel = np.asarray(point, dtype=float) - np.asarray(self.start, dtype=float)
+        return bool(np.all((rel >= 0) & (rel <= np.asarray(self.shape) - 1)))
+
     def overlap(self, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
         """Slices of the part inside an array of ``shape``: (in the array, in the window)."""
         src, dst = [], []

@@ -94,6 +94,16 @@ class CropPredictor:
         return (self.probability(prepared, logits) > 0.5).astype(np.uint8)
 
 
+def check_points(image: Volume, points_ijk: Sequence[Sequence[float]], labels: Sequence[int]) -> None:
+    """Raise :class:`InputError` unless there is at least one point, one 1/0 label each, all inside ``image``."""
+    if not points_ijk:
+        raise InputError("at least one point is needed")
+    if len(labels) != len(points_ijk) or any(lab not in (0, 1) for lab in labels):
+        raise InputError("give one label per point: 1 (positive) or 0 (negative)")
+    for p in points_ijk:
+        check_inside(image, p)
+
+
 def check_inside(image: Volume, ijk: Sequence[float]) -> None:
     """Raise :class:`InputError` unless voxel coordinates ``ijk`` lie inside ``image``."""
     where = f"{image.path}: " if image.path else ""

@@ -60,7 +60,7 @@ from adapt3d.data.preprocess import (
     to_working_grid,
 )
 from adapt3d.errors import ConfigError, InputError
-from adapt3d.infer.predictor import check_inside
+from adapt3d.infer.predictor import check_points
 from adapt3d.infer.resampling_policy import RESAMPLING, ResamplingRecord, working_spacing
 from adapt3d.infer.window_cache import WindowCache
 from adapt3d.prompts.loop import ClickLoop
@@ -325,28 +325,18 @@ class _Blend:
 
 
 def _check_prompts(image: Volume, points_ijk: Sequence[Sequence[float]], point_labels: Sequence[int]) -> None:
-    if not points_ijk:
-        raise InputError("at least one point is needed")
-    if len(point_labels) != len(points_ijk) or any(lab not in (0, 1) for lab in point_labels):
-        raise InputError("give one label per point: 1 (positive) or 0 (negative)")
+    check_points(image, points_ijk, point_labels)
     if point_labels[0] != 1:
         raise InputError("the first point must be positive (inside the object)")
-    for p in points_ijk:
-        check_inside(image, p)
 
 
 def _seed_windows(clicks: np.ndarray, labels: np.ndarray, size: int) -> list[Window]:
     """A window centred on the first click, then on each positive click outside the earlier ones."""
     seeds: list[Window] = []
     for point in clicks[labels == 1]:
-        if not any(_inside(point, w) for w in seeds):
+        if not any(w.contains(point) for w in seeds):
             seeds.append(centred_window(point, size))
     return seeds
-
-
-def _inside(point: np.ndarray, window: Window) -> bool:
-    rel = point - np.asarray(window.start, dtype=float)
-    return bool(np.all((rel >= 0) & (rel <= window.size - 1)))
 
 
 def _window_prompt(
@@ -358,7 +348,7 @@ def _window_prompt(
     propagated click at one's centre is in the object at full resolution too). None when a
     propagated click is needed but no such voxel exists.
     """
-    inside = np.array([_inside(p, window) for p in clicks])
+    inside = np.array([window.contains(p) for p in clicks])
     points, labs = clicks[inside], labels[inside]
     if (labs == 1).any():
         return WindowPrompt(window, points, labs, propagated=False)
