@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
-import lightning as L
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tiny import SAMPLE_DATA, TINY_SAM, nudge_trainable, randomise
+from tiny import SAMPLE_DATA, TINY_SAM, changed_by_fit, nudge_trainable, randomise
 
 from adapt3d import load_core
 from adapt3d.auto.predict import lattice_windows, predict_auto
@@ -101,12 +100,7 @@ def test_training_changes_only_adapter_and_prompts(core_path):
     assert data[0]["auto_image"].shape == (1, 1, 32, 32, 32)
     module = AdaptModule(model, TrainSection(epochs=1, batch_size=2, click_rounds=2, warmup_steps=0, accelerator="cpu"), seed=0)
     module.auto = auto
-    before = {n: t.detach().clone() for n, t in module.state_dict().items()}
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
-    after = module.state_dict()
-    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    changed = changed_by_fit(module, data, steps=2)
     assert "auto.prompts.tokens" in changed and any(".lora_" in n for n in changed)
     assert all(".lora_" in n or n == "auto.prompts.tokens" for n in changed), sorted(changed)
 

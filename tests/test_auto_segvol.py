@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 
-import lightning as L
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 import yaml
 from scipy import special
-from tiny import SAMPLE_DATA, randomise
+from tiny import SAMPLE_DATA, changed_by_fit, randomise
 from torch.utils.data import default_collate
 
 from adapt3d.auto.evaluate import AutoMasks, evaluation_prompts
@@ -139,12 +138,7 @@ def test_training_changes_only_adapter_and_class_vectors(core_path):
 
     module = AdaptModule(model, train, seed=0, modality="MR", class_names=dataset.class_names)
     module.auto = auto
-    before = {n: t.detach().clone() for n, t in module.state_dict().items()}
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
-    after = module.state_dict()
-    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    changed = changed_by_fit(module, data, steps=1)
     assert "auto.prompts.tokens" in changed and any(".lora_" in n for n in changed)
     assert all(".lora_" in n or n == "auto.prompts.tokens" for n in changed), sorted(changed)
 

@@ -6,10 +6,7 @@ Every mask is compared voxel for voxel with what ``adapt3d predict`` writes for 
 
 from __future__ import annotations
 
-import socket
 import struct
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,10 +14,9 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from nnInteractive.inference.remote import ServerAtCapacityError, SessionExpiredError, nnInteractiveRemoteInferenceSession
 from nnInteractive.inference.remote.serialization import MAGIC, pack_array
-from tiny import SAMPLE_DATA
+from tiny import SAMPLE_DATA, serving
 
 from adapt3d.cli import main
 from adapt3d.data.imageio import load_volume
@@ -44,22 +40,12 @@ def server():
     """The demo core (3 mm), MR routed to the shipped MRI adapter, on a free loopback port."""
     served = ServedModel.load(DEMO_CORE, [AdapterSpec(MRI_ADAPTER, "MR")])  # at the core's own 3 mm
     app = make_app(served, ServeSettings(api_key=KEY, max_sessions=3, max_upload_bytes=8 << 20))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert uv.started, "server did not start"
     encoder = served.model.core.image_encoder
     calls = []
     hook = encoder.register_forward_hook(lambda *args: calls.append(1))
-    yield SimpleNamespace(url=f"http://127.0.0.1:{sock.getsockname()[1]}", app=app, encoder_calls=calls)
+    with serving(app) as url:
+        yield SimpleNamespace(url=url, app=app, encoder_calls=calls)
     hook.remove()
-    uv.should_exit = True
-    thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

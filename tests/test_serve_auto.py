@@ -5,18 +5,14 @@ driven by the real ``nninteractive-client``; every mask is compared voxel for vo
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from nnInteractive.inference.remote import nnInteractiveRemoteInferenceSession
-from tiny import SAMPLE_DATA
+from tiny import SAMPLE_DATA, serving
 
 from adapt3d import load_core
 from adapt3d.auto.prompts import ClassPrompts, save_class_prompts
@@ -45,18 +41,8 @@ def adapter(tmp_path_factory):
 def server(adapter):
     served = ServedModel.load(DEMO_CORE, [AdapterSpec(adapter, "MR")])
     app = make_app(served, ServeSettings(api_key=KEY, max_sessions=2, max_upload_bytes=8 << 20))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert uv.started, "server did not start"
-    yield SimpleNamespace(url=f"http://127.0.0.1:{sock.getsockname()[1]}")
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield SimpleNamespace(url=url)
 
 
 def predict_auto(adapter, out: Path, *extra: str) -> np.ndarray:

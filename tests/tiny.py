@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from conftest import SAMPLE_DATA  # noqa: F401  (one definition, in conftest)
 
@@ -43,3 +46,40 @@ def nudge_trainable(module: torch.nn.Module, scale: float, seed: int = 0) -> tor
             if p.requires_grad:
                 p.add_(scale * torch.randn(p.shape, generator=g))
     return module
+
+
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """``app`` served by uvicorn on a free loopback port for the block; yields its URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert uv.started, "server did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+
+
+def changed_by_fit(module, data, steps: int) -> set[str]:
+    """Names of ``module``'s state entries that ``steps`` real Lightning steps on ``data`` (batch 2) change."""
+    import lightning as L
+
+    before = {n: t.detach().clone() for n, t in module.state_dict().items()}
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
+    after = module.state_dict()
+    return {n for n in before if not torch.equal(before[n], after[n])}
