@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from adapt3d.demo import DEMO_CORE, SAMPLE
-from benchmarks.auto_demo import VARIANTS
+from benchmarks.auto_demo import VARIANTS, mean_dice, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 MR = SAMPLE / "Dataset002_TotalSegExampleMR"
@@ -70,9 +70,9 @@ def evaluate(run: Path, data: Path, out: Path, cli) -> dict:
     return next(iter(json.loads((out / "metrics.json").read_text())["domains"].values()))
 
 
-def _mean(ev: dict | None, k: str) -> float | None:
-    s = (ev or {}).get("summary", {}).get(k, {}).get("dice")
-    return None if s is None or s.get("mean") is None else round(s["mean"], 4)
+def _rounded(ev: dict | None, k: str) -> float | None:
+    value = mean_dice(ev, k)
+    return None if value is None else round(value, 4)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,19 +115,16 @@ def main(argv: list[str] | None = None) -> int:
             "steps": json.loads((run / "metrics.json").read_text())["training"]["steps"],
             "train_seconds": round(train_s, 1), "evaluate_seconds": round(eval_s, 1),
             "auto_seconds_per_volume": dom["after"]["automatic"]["seconds"][0],
-            "before_1": _mean(dom["before"], "1"), "before_3": _mean(dom["before"], "3"),
-            "auto": _mean(dom["after"], "0"), "after_1": _mean(dom["after"], "1"), "after_3": _mean(dom["after"], "3"),
+            "before_1": _rounded(dom["before"], "1"), "before_3": _rounded(dom["before"], "3"),
+            "auto": _rounded(dom["after"], "0"), "after_1": _rounded(dom["after"], "1"), "after_3": _rounded(dom["after"], "3"),
             "per_class": per_class,
-            "training_case_fit": {"auto": _mean(fit["after"], "0"), "after_1": _mean(fit["after"], "1"),
-                                  "before_1": _mean(fit["before"], "1")},
+            "training_case_fit": {"auto": _rounded(fit["after"], "0"), "after_1": _rounded(fit["after"], "1"),
+                                  "before_1": _rounded(fit["before"], "1")},
         })
         print(json.dumps(rows[-1]))
-    record = {"data": "embedded abdomen: Dataset002_TotalSegExampleMR (1 MRI) and Dataset001_TotalSegExampleCT (1 CT, another "
-                      "subject), 3 mm, TotalSegmentator labels (silver standard); split by case", "organs": ORGANS,
-              "core": CORE_NOTE, "epochs": args.epochs, "rows": rows}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(record, indent=2))
-    print(f"wrote {args.results}")
+    write_results(args.results, {"data": "embedded abdomen: Dataset002_TotalSegExampleMR (1 MRI) and Dataset001_TotalSegExampleCT "
+                                 "(1 CT, another subject), 3 mm, TotalSegmentator labels (silver standard); split by case",
+                                 "organs": ORGANS, "core": CORE_NOTE, "epochs": args.epochs, "rows": rows})
     return 0
 
 

@@ -74,7 +74,8 @@ def seconds_per_volume(run: Path, spacing: float, repeats: int = 3) -> float:
     return float(np.median(times))
 
 
-def _dice(ev: dict | None, k: str) -> float | None:
+def mean_dice(ev: dict | None, k: str) -> float | None:
+    """The mean Dice at click count ``k`` of an EVAL record (None when not evaluated)."""
     s = (ev or {}).get("summary", {}).get(k, {}).get("dice")
     return None if s is None or s.get("mean") is None else s["mean"]
 
@@ -108,18 +109,22 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({
             "variant": label, "steps": metrics["training"]["steps"], "run_seconds": round(wall, 1),
             "trainable_parameters": metrics["adapter"].get("trainable_parameters"),
-            "before_1": _dice(dom["before"], "1"), "before_3": _dice(dom["before"], "3"),
-            "auto": _dice(dom["after"], "0"), "after_1": _dice(dom["after"], "1"), "after_3": _dice(dom["after"], "3"),
+            "before_1": mean_dice(dom["before"], "1"), "before_3": mean_dice(dom["before"], "3"),
+            "auto": mean_dice(dom["after"], "0"), "after_1": mean_dice(dom["after"], "1"), "after_3": mean_dice(dom["after"], "3"),
             "auto_seconds_per_volume": round(seconds_per_volume(run, args.spacing), 2),
         })
         print(json.dumps(rows[-1]))
-    record = {"data": "Dataset003_SpinalCordMR: train sct_t1w (T1w), test sct_t2w (T2w), manual spinal-cord masks",
-              "core": "demo core (trained by adapt3d on one CT volume; never saw MRI or the spinal cord)",
-              "spacing_mm": args.spacing, "epochs": args.epochs, "rows": rows}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(record, indent=2))
-    print(f"wrote {args.results}")
+    write_results(args.results, {"data": "Dataset003_SpinalCordMR: train sct_t1w (T1w), test sct_t2w (T2w), manual spinal-cord masks",
+                                 "core": "demo core (trained by adapt3d on one CT volume; never saw MRI or the spinal cord)",
+                                 "spacing_mm": args.spacing, "epochs": args.epochs, "rows": rows})
     return 0
+
+
+def write_results(path: Path, record: dict) -> None:
+    """Write a benchmark's JSON record and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
