@@ -48,7 +48,7 @@ from tqdm import tqdm
 from adapt3d.auto.prompts import ClassPrompts
 from adapt3d.cores import core_spec
 from adapt3d.data.imageio import Volume
-from adapt3d.data.preprocess import Grid, Window, from_working_grid, normalise
+from adapt3d.data.preprocess import Grid, Window, from_working_grid
 from adapt3d.errors import ConfigError
 from adapt3d.evaluate.nclick import eval_mode
 from adapt3d.infer.whole_volume import (
@@ -112,8 +112,7 @@ def blended_class_logits(
     weight_sum = np.zeros(work.shape, np.float32)
     windows = lattice_windows(work.shape, size, stride)
     for window in tqdm(windows, desc="windows", unit="win", disable=None, leave=False):
-        crop = normalise(window.extract(work), prepared.modality, config.normalization)
-        emb = model.encode(torch.from_numpy(crop)[None, None].to(device))
+        emb = prepared.encode(model, window, config.normalization)
         parts = []
         for lo in range(0, len(indices), CLASS_CHUNK):
             low, _ = model.decode(emb, None, None, mask_logits=None, **prompts.decode_inputs(index[lo : lo + CLASS_CHUNK]))
@@ -151,8 +150,12 @@ def _window_probabilities(model: nn.Module, prompts: ClassPrompts, prepared: Wor
     """The lattice windows (every window is encoded once for all classes; ``zoom_in`` does not apply)."""
     logits, n_windows = blended_class_logits(model, prompts, prepared, indices, config)
     for c in range(len(indices)):
-        prob = from_working_grid(special.expit(logits[c]), prepared.grid, order=1).astype(np.float32, copy=False)
-        yield prob, n_windows if c == 0 else 0
+        yield input_probability(logits[c], prepared.grid), n_windows if c == 0 else 0
+
+
+def input_probability(logits: np.ndarray, grid: Grid) -> np.ndarray:
+    """The sigmoid of working-grid ``logits`` mapped onto the input's voxel grid (linear), float32."""
+    return from_working_grid(special.expit(logits), grid, order=1).astype(np.float32, copy=False)
 
 
 AUTO_INFERENCE.register("windows", AutoInference(

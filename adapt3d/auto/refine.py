@@ -26,13 +26,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy import special
 from torch import nn
 from torch.nn import functional as F
 
-from adapt3d.auto.predict import AutoPrediction, blended_class_logits, label_map
+from adapt3d.auto.predict import AutoPrediction, blended_class_logits, input_probability, label_map
 from adapt3d.auto.prompts import ClassPrompts
-from adapt3d.data.preprocess import Window, centred_window, from_working_grid, normalise
+from adapt3d.data.preprocess import Window, centred_window
 from adapt3d.cores.registry import CORES
 from adapt3d.errors import ConfigError, InputError
 from adapt3d.evaluate.nclick import eval_mode
@@ -71,12 +70,7 @@ def refine_logits(
         total, weight = window.extract(logit_sum), window.extract(weight_sum)
         current = np.divide(total, weight, out=np.zeros_like(total), where=weight > 0)
         start = F.avg_pool3d(torch.from_numpy(current)[None, None], factor).to(device)
-        emb = None if cache is None else cache.embeddings.get(window.start)
-        if emb is None:
-            crop = normalise(window.extract(prepared.work), prepared.modality, config.normalization)
-            emb = model.encode(torch.from_numpy(crop)[None, None].to(device))
-            if cache is not None:
-                cache.embeddings[window.start] = emb
+        emb = prepared.encode(model, window, config.normalization, cache)
         inside = np.array([window.contains(p) for p in clicks])
         pts = torch.tensor(clicks[inside] - np.asarray(window.start, dtype=float), dtype=torch.float32).round()[None].to(device)
         lab = torch.from_numpy(click_labels[inside])[None].to(device)
@@ -124,7 +118,6 @@ def predict_refined(
         c = names.index(refine)
         logits[c], windows = refine_logits(model, logits[c], prepared, points_ijk, labels, config)
     values = tuple(prompts.label_values[i] for i in indices)
-    probs = (from_working_grid(special.expit(c), prepared.grid, order=1).astype(np.float32, copy=False) for c in logits)
-    label, kept = label_map(probs, values, threshold, keep=probabilities)
+    label, kept = label_map((input_probability(c, prepared.grid) for c in logits), values, threshold, keep=probabilities)
     return AutoPrediction(label, prepared.grid.input_affine.copy(), names, values, n_windows + len(windows),
                           time.time() - t0, dict(zip(names, kept)) if probabilities else None)

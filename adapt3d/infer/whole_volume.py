@@ -240,12 +240,7 @@ class WholeVolumePredictor:
     ) -> np.ndarray:
         """Window logits (size³) after applying its clicks one by one from the mask prompt."""
         device, window = self.device, prompt.window
-        emb = None if cache is None else cache.embeddings.get(window.start)
-        if emb is None:
-            crop = normalise(window.extract(prepared.work), prepared.modality, self.config.normalization)
-            emb = self.core.encode(torch.from_numpy(crop)[None, None].to(device))
-            if cache is not None:
-                cache.embeddings[window.start] = emb
+        emb = prepared.encode(self.core, window, self.config.normalization, cache)
         rel = prompt.points - np.asarray(window.start, dtype=float)
         pts = torch.tensor(rel, dtype=torch.float32).round()[None].to(device)
         lab = torch.from_numpy(prompt.labels)[None].to(device)
@@ -272,6 +267,17 @@ class WorkingVolume:
     work: np.ndarray
     grid: Grid
     modality: str
+
+    def encode(self, core: nn.Module, window: Window, normalization: str, cache: WindowCache | None = None) -> torch.Tensor:
+        """The image embedding of ``window`` (normalised crop, on the core's device); kept in and
+        reused from ``cache`` by window start when given."""
+        emb = None if cache is None else cache.embeddings.get(window.start)
+        if emb is None:
+            crop = normalise(window.extract(self.work), self.modality, normalization)
+            emb = core.encode(torch.from_numpy(crop)[None, None].to(next(core.parameters()).device))
+            if cache is not None:
+                cache.embeddings[window.start] = emb
+        return emb
 
 
 @dataclass
